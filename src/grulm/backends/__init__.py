@@ -1,0 +1,130 @@
+"""GRU recurrence backends: one function signature, one parameter layout, one switch.
+
+Every backend provides ``gru_layer(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, *,
+reset_after) -> (outputs, h_T)`` with the shapes of :func:`grulm.backends.reference.gru_layer`
+and ``torch.nn.GRU``'s parameter layout (gates r, z, n). :func:`resolve` turns a backend name
+(or ``"auto"``) into a :class:`Backend`, checking that it supports the variant and device.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from grulm.backends import reference, torch_gru
+from grulm.errors import ConfigError
+
+LayerFn = Callable[..., tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered backend and what it supports.
+
+    Attributes:
+        name: the name users pass as ``backend=``.
+        gru_layer: the layer function (see the module docstring).
+        variants: the GRU variants it implements.
+        device_types: the ``torch.device.type`` values it runs on.
+        description: one line for ``--help`` and ``grulm info``.
+        unavailable: returns why the backend cannot run on this machine, or None if it can.
+    """
+
+    name: str
+    gru_layer: LayerFn
+    variants: tuple[str, ...]
+    device_types: tuple[str, ...]
+    description: str
+    unavailable: Callable[[], str | None] = field(default=lambda: None)
+
+    def unsupported(self, variant: str, device_type: str) -> str | None:
+        """Why this backend cannot run ``variant`` on ``device_type``, or None if it can."""
+        if variant not in self.variants:
+            return f"backend {self.name!r} implements only variant {' / '.join(self.variants)}"
+        if device_type not in self.device_types:
+            return f"backend {self.name!r} runs only on {' / '.join(self.device_types)}"
+        return self.unavailable()
+
+
+BACKENDS: dict[str, Backend] = {}
+
+# Preference order for backend="auto": the fastest first.
+AUTO_ORDER: list[str] = []
+
+
+def register(backend: Backend, *, auto_rank: int | None = None) -> None:
+    """Add a backend; ``auto_rank`` places it in the ``auto`` preference order (0 = first)."""
+    BACKENDS[backend.name] = backend
+    if auto_rank is not None:
+        AUTO_ORDER.insert(auto_rank, backend.name)
+
+
+register(
+    Backend(
+        name="reference",
+        gru_layer=reference.gru_layer,
+        variants=("reset_before", "reset_after"),
+        device_types=("cpu", "cuda", "mps"),
+        description="readable Python time loop under autograd (the oracle)",
+    ),
+    auto_rank=0,
+)
+register(
+    Backend(
+        name="torch",
+        gru_layer=torch_gru.gru_layer,
+        variants=("reset_after",),
+        device_types=("cpu", "cuda", "mps"),
+        description="PyTorch's nn.GRU kernel (cuDNN on a GPU), reset_after only",
+    ),
+    auto_rank=0,
+)
+
+
+def backend_names() -> list[str]:
+    """Every name ``backend=`` accepts."""
+    return ["auto", *BACKENDS]
+
+
+def resolve(name: str, variant: str, device: torch.device | str) -> Backend:
+    """Pick the backend for a model.
+
+    ``auto`` takes the first backend in :data:`AUTO_ORDER` that supports the variant and device;
+    if a faster one is unavailable on this machine (say its extension could not be built), it
+    warns once and falls back to the next.
+
+    Raises:
+        ConfigError: an unknown name, or a named backend that cannot run this variant/device.
+    """
+    device_type = torch.device(device).type
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            backend = BACKENDS[candidate]
+            if variant not in backend.variants or device_type not in backend.device_types:
+                continue
+            reason = backend.unavailable()
+            if reason is None:
+                return backend
+            _warn_once(f"grulm: backend {candidate!r} is unavailable ({reason}); falling back")
+        raise ConfigError(f"no backend supports variant {variant!r} on device {device_type!r}")
+    if name not in BACKENDS:
+        raise ConfigError(
+            f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}"
+        )
+    reason = BACKENDS[name].unsupported(variant, device_type)
+    if reason is not None:
+        raise ConfigError(f"{reason}; use backend='auto' to pick one that can")
+    return BACKENDS[name]
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -1,0 +1,46 @@
+"""The ``torch`` backend: the kernel behind ``torch.nn.GRU`` (cuDNN on a GPU).
+
+PyTorch implements the reset-after variant only, so this backend supports nothing else.
+One-hot input is handed to the kernel as float one-hot vectors, as the seed's concise model
+does; for a large vocabulary prefer ``input_kind='embedding'``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from grulm.errors import ConfigError
+
+
+def gru_layer(
+    x: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor,
+    bias_hh: Tensor,
+    *,
+    reset_after: bool,
+) -> tuple[Tensor, Tensor]:
+    """Same contract as :func:`grulm.backends.reference.gru_layer`, reset-after only."""
+    if not reset_after:
+        raise ConfigError(
+            "the 'torch' backend (torch.nn.GRU / cuDNN) implements only variant='reset_after'; "
+            "use backend='reference' (or 'auto') for the textbook's reset_before GRU"
+        )
+    if x.dtype == torch.int64:
+        x = torch.nn.functional.one_hot(x, weight_ih.shape[1]).to(weight_ih.dtype)  # (B, T, V)
+    outputs, h_n = torch.gru(
+        x,
+        h0.unsqueeze(0).contiguous(),
+        [weight_ih, weight_hh, bias_ih, bias_hh],
+        True,  # has_biases
+        1,  # num_layers
+        0.0,  # dropout
+        False,  # train (dropout only)
+        False,  # bidirectional
+        True,  # batch_first
+    )
+    return outputs, h_n.squeeze(0)
+

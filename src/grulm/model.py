@@ -1,0 +1,196 @@
+"""The GRU language model: token ids in, next-token logits out.
+
+``GRULM`` stacks GRU layers (either variant, see :mod:`grulm.backends.reference`) between a
+one-hot or embedding input and a linear output head. Its recurrent parameters use
+``torch.nn.GRU``'s names and layout (``gru.weight_ih_l{k}`` (3H×I), ``gru.weight_hh_l{k}``
+(3H×H), ``gru.bias_ih_l{k}``, ``gru.bias_hh_l{k}``; gates r, z, n), shared by every backend;
+:mod:`grulm.textbook` converts to and from the textbook's ``W_xz … b_q``.
+
+Public tensors are batch-first: inputs (B, T) int64, logits (B, T, V), state (L, B, H).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from grulm import backends
+from grulm.errors import ConfigError
+
+VARIANTS = ("reset_before", "reset_after")
+INPUT_KINDS = ("onehot", "embedding")
+INITS = ("d2l", "torch")
+
+
+@dataclass(frozen=True)
+class GRUConfig:
+    """Everything that fixes a model's architecture (saved in every checkpoint).
+
+    Attributes:
+        vocab_size: number of tokens, ``<unk>`` included.
+        hidden_size: H, the state size of every layer.
+        num_layers: stacked GRU layers.
+        variant: ``reset_before`` (d2l, the default) or ``reset_after`` (cuDNN, nn.GRU).
+        input_kind: ``onehot`` (the seed) or ``embedding`` (a learned table of ``embedding_size``).
+        embedding_size: width of the embedding table; defaults to ``hidden_size``.
+        dropout: dropout on the outputs of every layer but the last (training only).
+        init: ``d2l`` (weights ``randn * 0.01``, biases 0, the seed) or ``torch``
+            (nn.GRU's uniform ±1/√H).
+        backend: ``auto`` or a name from :func:`grulm.backends.backend_names`.
+    """
+
+    vocab_size: int
+    hidden_size: int = 256
+    num_layers: int = 1
+    variant: str = "reset_before"
+    input_kind: str = "onehot"
+    embedding_size: int | None = None
+    dropout: float = 0.0
+    init: str = "d2l"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.embedding_size is not None and (
+            not isinstance(self.embedding_size, int) or self.embedding_size < 1
+        ):
+            raise ConfigError(
+                f"embedding_size must be a positive integer, got {self.embedding_size!r}"
+            )
+        _check_choice("variant", self.variant, VARIANTS)
+        _check_choice("input_kind", self.input_kind, INPUT_KINDS)
+        _check_choice("init", self.init, INITS)
+        _check_choice("backend", self.backend, backends.backend_names())
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def input_size(self) -> int:
+        """The width of layer 0's input: the vocabulary (one-hot) or the embedding."""
+        if self.input_kind == "onehot":
+            return self.vocab_size
+        return self.embedding_size or self.hidden_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GRUConfig:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown model config fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+class GRUStack(nn.Module):
+    """The recurrent parameters, named and shaped exactly as ``torch.nn.GRU``'s."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        for k in range(num_layers):
+            layer_input = input_size if k == 0 else hidden_size
+            self.register_parameter(
+                f"weight_ih_l{k}", nn.Parameter(torch.empty(3 * hidden_size, layer_input))
+            )
+            self.register_parameter(
+                f"weight_hh_l{k}", nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
+            )
+            self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(3 * hidden_size)))
+            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(3 * hidden_size)))
+
+    def layer(self, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Layer k's ``(weight_ih, weight_hh, bias_ih, bias_hh)``."""
+        return (
+            getattr(self, f"weight_ih_l{k}"),
+            getattr(self, f"weight_hh_l{k}"),
+            getattr(self, f"bias_ih_l{k}"),
+            getattr(self, f"bias_hh_l{k}"),
+        )
+
+
+class GRULM(nn.Module):
+    """A character- (or word-) level GRU language model.
+
+    Args:
+        config: the architecture, see :class:`GRUConfig`.
+        generator: optional ``torch.Generator`` for the initial weights.
+    """
+
+    def __init__(self, config: GRUConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = (
+            nn.Embedding(config.vocab_size, config.input_size)
+            if config.input_kind == "embedding"
+            else None
+        )
+        self.gru = GRUStack(config.input_size, config.hidden_size, config.num_layers)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Initialise as ``config.init`` says; embeddings always get N(0, 1) like nn.Embedding."""
+        if self.embedding is not None:
+            self.embedding.weight.normal_(generator=generator)
+        for name, p in [*self.gru.named_parameters(), *self.head.named_parameters()]:
+            if self.config.init == "d2l":
+                if name.startswith("weight"):
+                    p.normal_(generator=generator).mul_(0.01)
+                else:
+                    p.zero_()
+            else:
+                bound = 1.0 / math.sqrt(self.config.hidden_size)
+                p.uniform_(-bound, bound, generator=generator)
+
+    def begin_state(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        """The zero state, (L, B, H), in the parameters' dtype."""
+        weight = self.head.weight
+        return torch.zeros(
+            self.config.num_layers,
+            batch_size,
+            self.config.hidden_size,
+            dtype=weight.dtype,
+            device=weight.device if device is None else device,
+        )
+
+    def backend(self, device: torch.device | str | None = None) -> backends.Backend:
+        """The backend that runs this model's recurrence on ``device`` (default: its own)."""
+        device = self.head.weight.device if device is None else device
+        return backends.resolve(self.config.backend, self.config.variant, device)
+
+    def forward(self, inputs: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits for the next token at every position.
+
+        Args:
+            inputs: (B, T) int64 token ids.
+            state: (L, B, H), or None for the zero state.
+
+        Returns:
+            logits (B, T, V) and the final state (L, B, H).
+        """
+        if state is None:
+            state = self.begin_state(inputs.shape[0], inputs.device)
+        gru_layer = self.backend(inputs.device).gru_layer
+        reset_after = self.config.variant == "reset_after"
+        x = inputs if self.embedding is None else self.embedding(inputs)  # (B, T) or (B, T, E)
+        final_states = []
+        for k in range(self.config.num_layers):
+            if k > 0 and self.config.dropout > 0:
+                x = nn.functional.dropout(x, self.config.dropout, self.training)
+            x, h = gru_layer(x, state[k], *self.gru.layer(k), reset_after=reset_after)
+            final_states.append(h)  # x: (B, T, H), h: (B, H)
+        return self.head(x), torch.stack(final_states)
