@@ -1,0 +1,232 @@
+"""``grulm generate``: continue a prefix with a trained model (greedy, sampling or beam search).
+
+With no options it is the seed's prediction: 50 greedy characters after "time traveller".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from grulm.checkpoint import load_checkpoint
+from grulm.errors import ConfigError, DataError, GrulmError
+from grulm.generate import STRATEGIES, TextFormat, check_options, generate, stream
+
+DEFAULT_PREFIX = "time traveller"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate text from a checkpoint",
+        description="Continue a prefix with a trained model. Defaults reproduce the seed: "
+        "50 greedy characters after {DEFAULT_PREFIX!r}. The prefix is cleaned as the "
+        "training text was (d2l: letters only, lower case); prefix characters outside the "
+        "vocabulary are read as <unk> with a warning.",
+    )
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint directory")
+    prompt = parser.add_argument_group("prompt")
+    source = prompt.add_mutually_exclusive_group()
+    source.add_argument(
+        "--prefix", metavar="TEXT", help=f"text to continue (default {DEFAULT_PREFIX!r})"
+    )
+    source.add_argument(
+        "--prime-file", metavar="PATH", type=Path, help="continue the UTF-8 text of this file"
+    )
+    source.add_argument(
+        "--interactive",
+        action="store_true",
+        help="read prefixes from stdin, one per line, until end of input (Ctrl-D)",
+    )
+    decoding = parser.add_argument_group("decoding")
+    decoding.add_argument(
+        "--num-preds",
+        metavar="N",
+        type=int,
+        default=50,
+        help="tokens to generate after the prefix (default 50)",
+    )
+    decoding.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="greedy",
+        help="greedy: argmax, the seed (default); sample: draw from the softmax; "
+        "beam: beam search for the most probable continuation",
+    )
+    decoding.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help="sample: divide the logits by T (default 1; 0 means greedy)",
+    )
+    decoding.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="sample: only the K most likely tokens (clamped to the vocabulary size)",
+    )
+    decoding.add_argument(
+        "--top-p",
+        type=float,
+        metavar="P",
+        help="sample: only the smallest set of likely tokens with probability ≥ P, in (0, 1]",
+    )
+    decoding.add_argument(
+        "--beam-width", type=int, metavar="W", help="beam: hypotheses kept per step (default 4)"
+    )
+    decoding.add_argument(
+        "--length-penalty",
+        type=float,
+        metavar="A",
+        help="beam: rank finished hypotheses by log p / length**A (default 1)",
+    )
+    decoding.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        metavar="N",
+        help="continuations per prefix, generated as one batch (beam: the N best)",
+    )
+    decoding.add_argument(
+        "--stop",
+        action="append",
+        metavar="TEXT",
+        help="end a continuation after this string (repeatable; kept in the output)",
+    )
+    decoding.add_argument(
+        "--seed", type=int, help="seed for sampling (default: a fresh one each run)"
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--stream",
+        action="store_true",
+        help="print characters as they are produced (greedy or sample, one sample)",
+    )
+    output.add_argument(
+        "--device", default="cpu", help="where to run the model: cpu, cuda, … (default cpu)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = {
+        "strategy": args.strategy,
+        "max_new": args.num_preds,
+        "num_samples": args.num_samples,
+        **{
+            name: value
+            for name, value in (
+                ("temperature", args.temperature),
+                ("top_k", args.top_k),
+                ("top_p", args.top_p),
+                ("beam_width", args.beam_width),
+                ("length_penalty", args.length_penalty),
+            )
+            if value is not None
+        },
+    }
+    if args.stream and args.strategy == "beam":
+        raise ConfigError("--stream works with --strategy greedy or sample, not beam")
+    if args.stream and args.num_samples != 1:
+        raise ConfigError("--stream prints one continuation; drop --num-samples")
+    prefix = _read_prime_file(args.prime_file) if args.prime_file else args.prefix
+    with _warnings_to_stderr():
+        checkpoint = load_checkpoint(args.checkpoint, map_location=_device(args.device))
+        check_options(len(checkpoint.vocab), **options)
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=_device(args.device)).manual_seed(args.seed)
+
+    def complete(text: str) -> None:
+        with _warnings_to_stderr():
+            _complete(checkpoint, text, options, args.stop, generator, args.stream)
+
+    if not args.interactive:
+        complete(DEFAULT_PREFIX if prefix is None else prefix)
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("prefix> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        try:
+            complete(line.rstrip("\r\n"))
+        except GrulmError as error:  # one bad prefix does not end the session
+            print(f"grulm generate: error: {error}", file=sys.stderr, flush=True)
+    if interactive:
+        print(file=sys.stderr)
+    return 0
+
+
+def _complete(checkpoint, prefix, options, stop, generator, streaming) -> None:
+    """Print the continuations of one prefix."""
+    text_format = TextFormat.from_meta(checkpoint.meta)
+    model, vocab = checkpoint.model, checkpoint.vocab
+    if streaming:
+        stream_options = {k: v for k, v in options.items() if k != "num_samples"}
+        pieces = stream(
+            model,
+            vocab,
+            prefix,
+            stop=stop,
+            generator=generator,
+            text_format=text_format,
+            **stream_options,
+        )
+        print(text_format.joiner.join(text_format.tokenize(prefix)), end="", flush=True)
+        for piece in pieces:
+            print(piece, end="", flush=True)
+        print(flush=True)
+        return
+    texts = generate(
+        model, vocab, prefix, stop=stop, generator=generator, text_format=text_format, **options
+    )
+    print("\n\n".join(texts), flush=True)
+
+
+def _read_prime_file(path: Path) -> str:
+    """The text of a prime file, or one clear error."""
+    if not path.exists():
+        raise DataError(f"prime file {str(path)!r} does not exist; check the path")
+    if path.is_dir():
+        raise DataError(f"prime file {str(path)!r} is a directory; pass a text file")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read prime file {str(path)!r} ({error.strerror})") from None
+    if b"\0" in data:
+        raise DataError(f"prime file {str(path)!r} is binary (it has NUL bytes); pass a text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"prime file {str(path)!r} is not UTF-8 text: byte 0x{data[error.start]:02x} at "
+            f"offset {error.start}; convert it to UTF-8"
+        ) from None
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {name!r}; use cpu, cuda, cuda:1, mps …") from None
+
+
+@contextmanager
+def _warnings_to_stderr():
+    """Show each warning raised inside at once, as one ``grulm generate: warning: …`` line."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"grulm generate: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield

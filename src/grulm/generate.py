@@ -1,0 +1,705 @@
+"""Text generation from a GRU language model: greedy, sampling and beam search.
+
+Every function here is pure: no printing, no files, and randomness only through an explicit
+``torch.Generator``. Generation runs in two phases:
+
+1. **Warm-up.** The prefix is tokenised, mapped to ids (tokens outside the vocabulary become
+   ``<unk>`` with one :class:`OutOfVocabularyWarning` naming them) and run through the model in
+   ONE forward pass from the zero state. The final state equals the seed's (d2l
+   ``predict_ch8``) one-token-at-a-time warm-up, and the logits at the last position are the
+   seed's first prediction.
+2. **Decoding.** One token per step. For a :class:`~grulm.model.GRULM` a lean single-step
+   decoder (:class:`GRUStepDecoder`) computes the step from the model's own parameters with the
+   input projection precomputed as a (V, 3H) table and the biases folded in; any other module
+   with the GRULM call signature ``model(inputs (B, T), state (L, B, H) | None) -> (logits
+   (B, T, V), state)`` is stepped through its ``forward`` (:class:`ModelStepDecoder`).
+
+Documented behaviours:
+
+- The prefix must hold at least one token after cleaning (the seed needs one): an empty prefix
+  is a :class:`~grulm.errors.ConfigError`.
+- ``temperature == 0`` with ``strategy='sample'`` is greedy; a negative temperature is an error.
+- ``top_k`` < 1 is an error; a ``top_k`` larger than the vocabulary is clamped to the vocabulary
+  size with a :class:`GenerationWarning` (it then keeps every token).
+- ``top_p`` must lie in (0, 1]; the kept set is the smallest set of most likely tokens whose
+  probability reaches ``top_p`` (always at least the most likely one). With both, top-k is
+  applied first, then top-p, then the distribution is renormalised.
+- Temperature, top-k and top-p belong to ``strategy='sample'``; ``beam_width`` and
+  ``length_penalty`` to ``strategy='beam'``. Setting one for another strategy is an error
+  rather than silently ignored.
+- ``max_new`` (the seed's ``num_preds``) must be ≥ 0; 0 returns the prefix.
+- Stop strings are searched in the generated text only (not the prefix); a sequence ends right
+  after the first stop string it produces, and the stop string is kept in its text.
+- Generation runs the model as in eval mode: no dropout, no autograd.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from grulm.data.text import check_text_options, text_to_tokens
+from grulm.errors import ConfigError
+from grulm.model import GRULM
+
+STRATEGIES = ("greedy", "sample", "beam")
+DEFAULT_BEAM_WIDTH = 4
+
+
+class GenerationWarning(UserWarning):
+    """Generation went ahead, but not exactly as asked (for example a clamped ``top_k``)."""
+
+
+class OutOfVocabularyWarning(GenerationWarning):
+    """Prefix tokens the vocabulary does not hold; they were read as ``<unk>``."""
+
+
+@dataclass(frozen=True)
+class TextFormat:
+    """How prefix text becomes tokens and generated tokens become text, as in training.
+
+    Attributes:
+        token: ``char`` or ``word`` (see :mod:`grulm.data.text`). Word tokens of d2l-cleaned
+            text join with ``' '``; everything else joins with ``''``.
+        cleaning: ``raw`` leaves the prefix as it is (the seed's ``predict``); ``d2l`` cleans it
+            as the seed's training text was, so that a model trained on letters-only lower-case
+            text can be primed with ``"Time Traveller"``: every run of non-letters (newlines
+            included) becomes one space and letters are lower-cased. Unlike a corpus line, a
+            character prefix is not stripped, since a trailing space is part of the prompt.
+    """
+
+    token: str = "char"
+    cleaning: str = "raw"
+
+    def __post_init__(self) -> None:
+        check_text_options(self.cleaning, self.token)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> TextFormat:
+        """The format a checkpoint's metadata describes.
+
+        Reads ``token`` and ``cleaning`` from ``meta["data"]`` (where ``grulm train`` writes
+        them) or from ``meta`` itself; absent ones default to ``char`` and ``raw``.
+        """
+        data = meta.get("data") or {}
+        return cls(
+            token=data.get("token", meta.get("token", "char")),
+            cleaning=data.get("cleaning", meta.get("cleaning", "raw")),
+        )
+
+    @property
+    def joiner(self) -> str:
+        return " " if self.token == "word" and self.cleaning == "d2l" else ""
+
+    def tokenize(self, text: str) -> list[str]:
+        """The prefix as tokens: its (cleaned) characters, or its words as training cut them."""
+        if self.token == "char" and self.cleaning == "d2l":
+            return list(re.sub("[^A-Za-z]+", " ", text).lower())
+        return text_to_tokens(text, self.cleaning, self.token)
+
+
+def encode_prefix(vocab, tokens: Sequence[str]) -> list[int]:
+    """Token ids for ``tokens``; unknown tokens become ``<unk>`` (id ``vocab['<unk>']``).
+
+    Warns once with :class:`OutOfVocabularyWarning`, naming every distinct unknown token.
+    """
+    ids = [vocab[token] for token in tokens]
+    unk_token = vocab.idx_to_token[0]
+    unknown = [t for t, i in zip(tokens, ids, strict=True) if i == 0 and t != unk_token]
+    if unknown:
+        names = ", ".join(repr(t) for t in dict.fromkeys(unknown))
+        warnings.warn(
+            f"prefix has {len(unknown)} token(s) not in the model's vocabulary, read as "
+            f"{unk_token}: {names}",
+            OutOfVocabularyWarning,
+            stacklevel=3,
+        )
+    return ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoders: one token per sequence per step.
+
+
+class ModelStepDecoder:
+    """Steps any module with the GRULM call signature through its ``forward``.
+
+    Args:
+        model: ``model(inputs (B, T) int64, state (L, B, H)) -> (logits (B, T, V), state)``.
+        state: (L, N, H) the state after the warm-up, one row per sequence.
+    """
+
+    def __init__(self, model: nn.Module, state: Tensor) -> None:
+        self.model = model
+        self.state = state
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Feed ``tokens`` (N,) int64; return the next-token logits (N, V)."""
+        with torch.no_grad():
+            logits, self.state = self.model(tokens[:, None], self.state)
+        return logits[:, -1]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
+        self.state = self.state.index_select(1, index)
+
+
+class GRUStepDecoder:
+    """A lean single-step path through a :class:`GRULM`'s own parameters (both variants).
+
+    Per step and layer it runs a row gather (layer 0: the input projection ``x W_ih^T + b_ih``
+    precomputed for every token as a (V, 3H) table), two ``addmm``, the gate nonlinearities and
+    ``lerp`` for ``h' = Z ⊙ h + (1 − Z) ⊙ H~``; the recurrent biases of the gates are folded
+    into the input projection where the formula allows. Weights are detached copies, so no
+    autograd graph is built and no grad mode has to be switched (a generator that switched it
+    would leak the mode into its caller between yields). Dropout is not applied (eval mode).
+
+    Equal to ``model.forward`` up to float rounding (tested).
+
+    Args:
+        model: the model; its parameters are read once, at construction.
+        state: (L, N, H) the state after the warm-up.
+    """
+
+    def __init__(self, model: GRULM, state: Tensor) -> None:
+        config = model.config
+        H = config.hidden_size
+        self.reset_after = config.variant == "reset_after"
+        self.layers = []
+        with torch.no_grad():
+            for k in range(config.num_layers):
+                W_ih, W_hh, b_ih, b_hh = (p.detach() for p in model.gru.layer(k))
+                b_i = b_ih.clone()
+                b_i[: 2 * H] += b_hh[: 2 * H]  # r and z: x W_i + b_i + h W_h + b_h
+                if not self.reset_after:
+                    b_i[2 * H :] += b_hh[2 * H :]  # reset-before: b_hn sits outside R ⊙ (·)
+                if k == 0 and model.embedding is None:
+                    input_table = (W_ih.T + b_i).contiguous()  # (V, 3H): one-hot row gather
+                elif k == 0:
+                    input_table = F.linear(model.embedding.weight.detach(), W_ih, b_i)  # (V, 3H)
+                else:
+                    input_table = None
+                self.layers.append(
+                    (
+                        input_table,
+                        W_ih.T.contiguous(),  # (I, 3H)
+                        b_i,  # (3H,)
+                        W_hh[: 2 * H].T.contiguous(),  # (H, 2H) W_hr, W_hz
+                        W_hh[2 * H :].T.contiguous(),  # (H, H) W_hn
+                        b_hh[2 * H :].clone(),  # (H,) b_hn
+                    )
+                )
+            self.W_q = model.head.weight.detach().T.contiguous()  # (H, V)
+            self.b_q = model.head.bias.detach().clone()  # (V,)
+        self.hidden_size = H
+        self.h = list(state.unbind(0))  # L × (N, H)
+
+    @property
+    def state(self) -> Tensor:
+        """(L, N, H)."""
+        return torch.stack(self.h)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        """Feed ``tokens`` (N,) int64; return the next-token logits (N, V)."""
+        H = self.hidden_size
+        x = tokens
+        for k, (table, W_i, b_i, W_hrz, W_hn, b_hn) in enumerate(self.layers):
+            h = self.h[k]  # (N, H)
+            if table is not None:
+                gi = table.index_select(0, x)  # (N, 3H)
+            else:
+                gi = torch.addmm(b_i, x, W_i)  # (N, 3H)
+            RZ = torch.sigmoid(torch.addmm(gi[:, : 2 * H], h, W_hrz))  # (N, 2H)
+            R, Z = RZ[:, :H], RZ[:, H:]  # each (N, H)
+            if self.reset_after:
+                H_tilde = torch.tanh(torch.addcmul(gi[:, 2 * H :], R, torch.addmm(b_hn, h, W_hn)))
+            else:
+                H_tilde = torch.tanh(torch.addmm(gi[:, 2 * H :], R * h, W_hn))  # (N, H)
+            x = self.h[k] = torch.lerp(H_tilde, h, Z)  # Z ⊙ h + (1 − Z) ⊙ H~, (N, H)
+        return torch.addmm(self.b_q, x, self.W_q)  # (N, V)
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
+        self.h = [h.index_select(0, index) for h in self.h]
+
+
+def warm_up(model: nn.Module, ids: Sequence[int], *, fast: bool = True):
+    """Run the prefix through the model in one forward pass from the zero state.
+
+    Args:
+        model: a GRULM or any module with its call signature.
+        ids: the prefix token ids, at least one.
+        fast: step a GRULM with :class:`GRUStepDecoder`; False uses its ``forward``.
+
+    Returns:
+        (decoder, logits) — a decoder holding the state after the prefix, batch 1, and the
+        next-token logits (1, V) at the last prefix position.
+    """
+    device = _model_device(model)
+    inputs = torch.tensor([list(ids)], dtype=torch.int64, device=device)  # (1, T)
+    with torch.no_grad():
+        logits, state = model(inputs, None)  # (1, T, V), (L, 1, H)
+    decoder_type = GRUStepDecoder if fast and isinstance(model, GRULM) else ModelStepDecoder
+    return decoder_type(model, state), logits[:, -1]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Token selection.
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set the logits of tokens outside the top-k / nucleus sets to −inf.
+
+    Args:
+        logits: (N, V), already divided by the temperature.
+        top_k: keep the k largest per row (ties at the boundary: the lower ids, as ``sort``).
+        top_p: then keep the smallest set of most likely tokens whose probability reaches
+            ``top_p``; the most likely token always stays.
+
+    Returns:
+        (N, V) a filtered copy.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
+        drop = torch.zeros_like(logits, dtype=torch.bool)
+        drop.scatter_(-1, order[:, top_k:], True)
+        logits = logits.masked_fill(drop, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # (N, V) probability of the better tokens
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -math.inf)
+    return logits
+
+
+def _make_selector(
+    strategy: str,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+):
+    """A function from logits (N, V) to the next tokens (N,) int64."""
+    if strategy == "greedy" or temperature == 0:
+        return lambda logits: logits.argmax(dim=-1)
+
+    def sample(logits: Tensor) -> Tensor:
+        logits = filter_logits(logits / temperature, top_k, top_p)
+        probs = logits.softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+    return sample
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks.
+
+
+def check_options(
+    vocab_size: int,
+    *,
+    strategy: str = "greedy",
+    max_new: int = 50,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    beam_width: int | None = None,
+    length_penalty: float | None = None,
+    num_samples: int = 1,
+) -> int | None:
+    """Check :func:`generate`'s options (same names) against the module docstring's rules.
+
+    Returns:
+        ``top_k``, clamped to ``vocab_size`` with a :class:`GenerationWarning` if larger.
+
+    Raises:
+        ConfigError: an option out of range, or one that does not belong to ``strategy``.
+    """
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 0:
+        raise ConfigError(f"the number of tokens to generate must be ≥ 0, got {max_new!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature):
+        raise ConfigError(f"temperature must be a finite number ≥ 0, got {temperature!r}")
+    if temperature < 0:
+        raise ConfigError(f"temperature must be ≥ 0 (0 means greedy), got {temperature!r}")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k must be a positive integer, got {top_k!r}")
+        if top_k > vocab_size:
+            warnings.warn(
+                f"top_k={top_k} is larger than the vocabulary; using all {vocab_size} tokens",
+                GenerationWarning,
+                stacklevel=3,
+            )
+            top_k = vocab_size
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0.0 < top_p <= 1.0):
+        raise ConfigError(f"top_p must lie in (0, 1], got {top_p!r}")
+    if beam_width is not None and (
+        isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1
+    ):
+        raise ConfigError(f"beam_width must be a positive integer, got {beam_width!r}")
+    if length_penalty is not None and (
+        not isinstance(length_penalty, (int, float)) or not math.isfinite(length_penalty)
+    ):
+        raise ConfigError(f"length_penalty must be a finite number, got {length_penalty!r}")
+    if strategy != "sample":
+        for name, value, default in (
+            ("temperature", temperature, 1.0),
+            ("top_k", top_k, None),
+            ("top_p", top_p, None),
+        ):
+            if value != default:
+                raise ConfigError(f"{name} applies only to strategy 'sample', not {strategy!r}")
+    if strategy != "beam":
+        for name, value in (("beam_width", beam_width), ("length_penalty", length_penalty)):
+            if value is not None:
+                raise ConfigError(f"{name} applies only to strategy 'beam', not {strategy!r}")
+    elif num_samples > (beam_width or DEFAULT_BEAM_WIDTH):
+        raise ConfigError(
+            f"beam search returns at most beam_width={beam_width or DEFAULT_BEAM_WIDTH} "
+            f"sequences; num_samples={num_samples} asks for more"
+        )
+    return top_k
+
+
+def _check_stop(stop: str | Sequence[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    if not all(isinstance(s, str) and s for s in stops):
+        raise ConfigError(f"stop strings must be non-empty strings, got {stop!r}")
+    return stops
+
+
+def _prefix_ids(vocab, prefix: str, text_format: TextFormat) -> tuple[list[str], list[int]]:
+    if not isinstance(prefix, str):
+        raise ConfigError(f"the prefix must be a string, got {type(prefix).__name__}")
+    tokens = text_format.tokenize(prefix)
+    if not tokens:
+        raise ConfigError(
+            "the prefix is empty; give at least one "
+            + ("character" if text_format.token == "char" else "word")
+            + " to start from"
+        )
+    return tokens, encode_prefix(vocab, tokens)
+
+
+class _StopWatch:
+    """Finds the first stop string in a stream of text pieces, keeping only a bounded tail."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.keep = max((len(s) for s in stops), default=1) - 1
+        self.tail = ""
+
+    def feed(self, piece: str) -> int | None:
+        """Where in ``piece`` the first stop string completed by it ends, or None."""
+        window = self.tail + piece
+        end = None
+        for stop in self.stops:
+            at = window.find(stop, max(0, len(self.tail) - len(stop) + 1))
+            if at >= 0:
+                stop_end = at + len(stop) - len(self.tail)
+                end = stop_end if end is None else min(end, stop_end)
+        self.tail = window[max(0, len(window) - self.keep) :] if self.keep else ""
+        return end
+
+
+# ---------------------------------------------------------------------------------------------
+# The public entry points.
+
+
+def predict(model: nn.Module, vocab, prefix: str, num_preds: int) -> str:
+    """Greedy generation after a warm-up: the seed's ``predict_ch8``.
+
+    Returns the prefix followed by ``num_preds`` characters, identical to the seed's output
+    for a prefix within the vocabulary (unknown prefix characters are warned about, read as
+    ``<unk>``, and echoed as given rather than as ``'<unk>'``). The prefix is not cleaned.
+
+    Args:
+        model: a GRULM (or any module with its call signature), in eval mode.
+        vocab: the vocabulary (``vocab[token]``, ``vocab.idx_to_token``).
+        prefix: at least one character.
+        num_preds: characters to generate, ≥ 0.
+    """
+    return generate(model, vocab, prefix, max_new=num_preds)[0]
+
+
+def generate(
+    model: nn.Module,
+    vocab,
+    prefix: str,
+    *,
+    max_new: int = 50,
+    strategy: str = "greedy",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    beam_width: int | None = None,
+    length_penalty: float | None = None,
+    num_samples: int = 1,
+    stop: str | Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+    text_format: TextFormat = TextFormat(),
+    fast: bool = True,
+) -> list[str]:
+    """Generate ``num_samples`` continuations of ``prefix``, as one batch.
+
+    Args:
+        model: a GRULM (or a module with its call signature), in eval mode.
+        vocab: the model's vocabulary.
+        prefix: the prompt; see :class:`TextFormat` for cleaning and tokenisation.
+        max_new: tokens to generate after the prefix (the seed's ``num_preds``), ≥ 0.
+        strategy: ``greedy`` (argmax, the seed), ``sample`` or ``beam``.
+        temperature: ``sample`` only; logits are divided by it; 0 means greedy.
+        top_k: ``sample`` only; sample among the k most likely tokens.
+        top_p: ``sample`` only; sample within the nucleus of probability ``top_p``.
+        beam_width: ``beam`` only; hypotheses kept per step (default 4).
+        length_penalty: ``beam`` only; finished hypotheses are ranked by
+            ``log p / length ** length_penalty`` (default 1.0, the mean log-probability per
+            token). Without stop strings every hypothesis has ``max_new`` tokens, so it does not
+            change the ranking. Beam search ends after ``max_new`` steps or once ``beam_width``
+            hypotheses have finished.
+        num_samples: sequences to return. Greedy ones are identical; beam search returns the
+            ``num_samples`` best hypotheses, best first (at most ``beam_width``).
+        stop: a string or strings; a sequence ends after the first one it generates.
+        generator: the only source of randomness (``sample``); None draws a fresh seed from the
+            operating system. Must live on the model's device.
+        text_format: how the prefix is cleaned and tokenised and tokens are joined.
+        fast: step a GRULM through :class:`GRUStepDecoder`; False steps it through ``forward``.
+
+    Returns:
+        ``num_samples`` strings, each the (cleaned) prefix followed by its continuation.
+
+    Raises:
+        ConfigError: an empty prefix or an option out of range (see the module docstring).
+    """
+    top_k = check_options(
+        len(vocab),
+        strategy=strategy,
+        max_new=max_new,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        beam_width=beam_width,
+        length_penalty=length_penalty,
+        num_samples=num_samples,
+    )
+    stops = _check_stop(stop)
+    tokens, ids = _prefix_ids(vocab, prefix, text_format)
+    text_prefix = text_format.joiner.join(tokens)
+    if max_new == 0:
+        return [text_prefix] * num_samples
+    pieces = _pieces(vocab, text_format)
+    decoder, logits = warm_up(model, ids, fast=fast)
+    if strategy == "beam":
+        continuations = _beam_search(
+            decoder,
+            logits,
+            pieces,
+            max_new=max_new,
+            beam_width=beam_width or DEFAULT_BEAM_WIDTH,
+            length_penalty=1.0 if length_penalty is None else length_penalty,
+            num_return=num_samples,
+            stops=stops,
+        )
+        return [text_prefix + text for text in continuations]
+    generator = _check_generator(generator, logits.device, strategy, temperature)
+    select = _make_selector(strategy, temperature, top_k, top_p, generator)
+    index = torch.zeros(num_samples, dtype=torch.int64, device=logits.device)
+    decoder.reorder(index)  # one row of state per sample
+    logits = logits.index_select(0, index)  # (N, V)
+    if not stops:
+        out = torch.empty(num_samples, max_new, dtype=torch.int64, device=logits.device)
+        for t in range(max_new):
+            out[:, t] = token = select(logits)
+            if t + 1 < max_new:
+                logits = decoder.step(token)
+        return [text_prefix + "".join(pieces[i] for i in row) for row in out.tolist()]
+    texts = [[] for _ in range(num_samples)]
+    watches = [_StopWatch(stops) for _ in range(num_samples)]
+    running = set(range(num_samples))
+    for t in range(max_new):
+        token = select(logits)
+        for i, token_id in enumerate(token.tolist()):
+            if i in running:
+                piece = pieces[token_id]
+                end = watches[i].feed(piece)
+                if end is not None:
+                    piece = piece[:end]
+                    running.discard(i)
+                texts[i].append(piece)
+        if not running:
+            break
+        if t + 1 < max_new:
+            logits = decoder.step(token)
+    return [text_prefix + "".join(text) for text in texts]
+
+
+def stream(
+    model: nn.Module,
+    vocab,
+    prefix: str,
+    *,
+    max_new: int = 50,
+    strategy: str = "greedy",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop: str | Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+    text_format: TextFormat = TextFormat(),
+    fast: bool = True,
+) -> Iterator[str]:
+    """Generate one continuation of ``prefix``, yielding its text piece by piece.
+
+    The options are those of :func:`generate` (greedy or sample; beam search cannot stream,
+    since its best hypothesis is known only at the end). The options are checked and the
+    prefix warmed up when this is called, before the first piece. Memory stays constant however
+    large ``max_new`` is: nothing of the growing text is kept but the tail stop strings need.
+
+    Yields:
+        The continuation only (not the prefix), one token at a time: a character, or for word
+        tokens ``' ' + word``, so that ``prefix + ''.join(pieces)`` is :func:`generate`'s text.
+    """
+    if strategy == "beam":
+        raise ConfigError("beam search cannot stream; use strategy 'greedy' or 'sample'")
+    top_k = check_options(
+        len(vocab),
+        strategy=strategy,
+        max_new=max_new,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+    stops = _check_stop(stop)
+    _, ids = _prefix_ids(vocab, prefix, text_format)
+    if max_new == 0:
+        return iter(())
+    pieces = _pieces(vocab, text_format)
+    decoder, logits = warm_up(model, ids, fast=fast)
+    generator = _check_generator(generator, logits.device, strategy, temperature)
+    select = _make_selector(strategy, temperature, top_k, top_p, generator)
+    return _stream_pieces(decoder, logits, select, pieces, max_new, _StopWatch(stops))
+
+
+def _stream_pieces(decoder, logits, select, pieces, max_new, watch) -> Iterator[str]:
+    for t in range(max_new):
+        token = select(logits)
+        piece = pieces[token.item()]
+        end = watch.feed(piece) if watch.stops else None
+        if end is not None:
+            yield piece[:end]
+            return
+        yield piece
+        if t + 1 < max_new:
+            logits = decoder.step(token)
+
+
+def _pieces(vocab, text_format: TextFormat) -> list[str]:
+    """The text each token id adds to a continuation."""
+    return [text_format.joiner + token for token in vocab.idx_to_token]
+
+
+def _check_generator(
+    generator: torch.Generator | None, device: torch.device, strategy: str, temperature: float
+) -> torch.Generator | None:
+    if strategy != "sample" or temperature == 0:
+        return generator
+    if generator is None:
+        generator = torch.Generator(device=device)
+        generator.seed()
+    elif torch.device(generator.device).type != device.type:
+        raise ConfigError(
+            f"the generator lives on {generator.device} but the model on {device}; "
+            "create it with torch.Generator(device=...) on the model's device"
+        )
+    return generator
+
+
+def _beam_search(
+    decoder,
+    logits: Tensor,
+    pieces: list[str],
+    *,
+    max_new: int,
+    beam_width: int,
+    length_penalty: float,
+    num_return: int,
+    stops: tuple[str, ...],
+) -> list[str]:
+    """Beam search over continuations; returns the ``num_return`` best texts, best first.
+
+    Args:
+        decoder: holds the state after the prefix, batch 1.
+        logits: (1, V) the next-token logits after the prefix.
+    """
+    vocab_size = logits.shape[-1]
+    scores = torch.zeros(1, dtype=torch.float64, device=logits.device)  # (n,) sum of log p
+    beams: list[tuple[str, _StopWatch]] = [("", _StopWatch(stops))]
+    finished: list[tuple[float, str]] = []  # (normalised score, text)
+    for t in range(max_new):
+        logp = torch.log_softmax(logits.double(), dim=-1)  # (n, V)
+        candidates = (scores[:, None] + logp).flatten()  # (n·V,)
+        k = min(2 * beam_width, candidates.numel())
+        top_scores, flat = candidates.topk(k)  # sorted, best first
+        kept_rows, kept_scores, kept_beams, kept_tokens = [], [], [], []
+        for rank, (score, index) in enumerate(zip(top_scores.tolist(), flat.tolist(), strict=True)):
+            row, token = divmod(index, vocab_size)
+            text, watch = beams[row]
+            piece = pieces[token]
+            end = None
+            if stops:
+                watch = _copy_watch(watch)
+                end = watch.feed(piece)
+            if end is not None:
+                if rank < beam_width:  # a finished hypothesis must rank among the best
+                    finished.append((score / (t + 1) ** length_penalty, text + piece[:end]))
+                continue
+            kept_rows.append(row)
+            kept_scores.append(score)
+            kept_beams.append((text + piece, watch))
+            kept_tokens.append(token)
+            if len(kept_rows) == beam_width:
+                break
+        beams = kept_beams
+        if not beams or len(finished) >= beam_width or t + 1 == max_new:
+            break
+        scores = torch.tensor(kept_scores, dtype=torch.float64, device=logits.device)
+        device = logits.device
+        decoder.reorder(torch.tensor(kept_rows, dtype=torch.int64, device=device))
+        logits = decoder.step(torch.tensor(kept_tokens, dtype=torch.int64, device=device))
+    length = t + 1
+    hypotheses = finished + [
+        (score / length**length_penalty, text)
+        for score, (text, _) in zip(kept_scores, beams, strict=True)
+    ]
+    hypotheses.sort(key=lambda h: h[0], reverse=True)
+    return [text for _, text in hypotheses[:num_return]]
+
+
+def _copy_watch(watch: _StopWatch) -> _StopWatch:
+    copy = _StopWatch(watch.stops)
+    copy.tail = watch.tail
+    return copy
