@@ -235,7 +235,10 @@ def _stream(source: Source, file, progress: bool):
                 if bar is not None:
                     bar.update(len(chunk))
     except _NETWORK_ERRORS as error:
-        reason = getattr(error, "reason", None) or error
+        if isinstance(error, urllib.error.HTTPError):
+            reason = f"HTTP {error.code} {error.reason}"
+        else:
+            reason = getattr(error, "reason", None) or error
         raise DataError(
             f"cannot download the {source.name} corpus from {source.url} ({reason}) and there "
             f"is no local copy. Supply it one of three ways: put {source.filename} in a "

@@ -1,0 +1,150 @@
+"""Whole-file preparation and its cache: bad text, raw and word tokens, compact ids,
+chunking that does not change the result, cache round-trip and repair."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from grulm.data import Vocab, cache_dir, load_corpus
+from grulm.data import prepare as prepare_module
+from grulm.data.prepare import load_prepared, prepare, storage_dtype
+from grulm.data.text import clean_line_d2l, raw_words
+from grulm.errors import ConfigError, DataError
+
+
+def write(tmp_path, content: bytes | str, name="corpus.txt"):
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def entries():
+    root = cache_dir() / "prepared"
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
+
+
+def test_nothing_left_after_d2l_cleaning(tmp_path):
+    path = write(tmp_path, "1234 ... !!\n\n¿¡ 42\n")
+    with pytest.raises(DataError, match="nothing is left after d2l cleaning.*--cleaning raw"):
+        load_corpus(str(path))
+    assert len(load_corpus(str(path), cleaning="raw")) == len("1234 ... !!\n\n¿¡ 42\n")
+
+
+def test_undecodable_byte_names_its_offset_even_in_a_later_chunk(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare_module, "CHUNK_BYTES", 64)
+    data = ("line of text\n" * 20).encode() + b"caf\xe9\n"
+    path = write(tmp_path, data)
+    with pytest.raises(DataError, match=f"byte 0xe9 at offset {len(data) - 2} is not valid UTF-8"):
+        load_corpus(str(path), cleaning="raw")
+    d2l = load_corpus(str(path))  # d2l cleaning treats the byte as a separator
+    assert d2l.decode(d2l.ids).endswith("line of textcaf")
+
+
+def test_bad_options(tmp_path):
+    path = write(tmp_path, "abc\n")
+    with pytest.raises(ConfigError, match="cleaning must be one of"):
+        load_corpus(str(path), cleaning="lower")
+    with pytest.raises(ConfigError, match="min_freq must be an integer ≥ 0"):
+        load_corpus(str(path), min_freq=-1)
+
+
+TEXT = "The Time Traveller, (for so it will be\r\nconvenient to speak of him)\rwas\n\nexpounding…\n"
+
+
+@pytest.mark.parametrize("cleaning", ["d2l", "raw"])
+@pytest.mark.parametrize("token", ["char", "word"])
+def test_chunking_does_not_change_the_result(tmp_path, monkeypatch, cleaning, token):
+    path = write(tmp_path, TEXT * 40)
+    whole = prepare(path, cleaning=cleaning, token=token)
+    monkeypatch.setattr(prepare_module, "CHUNK_BYTES", 50)  # many chunks, some mid-line
+    chunked = prepare(path, cleaning=cleaning, token=token)
+    assert chunked.vocab == whole.vocab and torch.equal(chunked.ids, whole.ids)
+
+
+def test_d2l_char_ids_equal_the_seed_pipeline(tmp_path):
+    path = write(tmp_path, TEXT * 3)
+    lines = open(path).readlines()
+    tokens = [ch for line in lines for ch in clean_line_d2l(line)]
+    vocab = Vocab.build(tokens)
+    corpus = load_corpus(str(path))
+    assert corpus.vocab == vocab and corpus.ids.tolist() == vocab[tokens]
+    assert corpus.ids.dtype == torch.uint8
+
+
+def test_raw_unicode_chars_and_min_freq(tmp_path):
+    corpus = load_corpus(str(write(tmp_path, "ééé aa ✓\n")), cleaning="raw", min_freq=2)
+    assert corpus.vocab.idx_to_token == ["<unk>", "é", " ", "a"]
+    assert corpus.decode(corpus.ids) == "ééé aa <unk><unk>"
+    assert torch.equal(corpus.encode("aé✓"), torch.tensor([3, 1, 0]))
+
+
+def test_words_d2l_and_raw(tmp_path):
+    path = write(tmp_path, TEXT)
+    d2l = load_corpus(str(path), token="word")
+    assert d2l.decode(d2l.ids[:4]) == "the time traveller for"
+    raw = load_corpus(str(path), cleaning="raw", token="word")
+    assert raw.decode(raw.ids) == TEXT  # round trip
+    assert raw.vocab.to_tokens(raw.ids[:4]) == raw_words(TEXT)[:4] == ["The", " ", "Time", " "]
+
+
+def test_a_large_vocabulary_is_stored_as_uint16_and_round_trips(tmp_path):
+    words = " ".join(f"w{i}" for i in range(700)) + "\n"  # 700 words + space + newline
+    path = write(tmp_path, words)
+    first = load_corpus(str(path), cleaning="raw", token="word")
+    assert len(first.vocab) == 703 and first.ids.dtype == torch.int32
+    assert storage_dtype(len(first.vocab)) == "uint16"
+    (entry,) = entries()
+    assert (entry / "ids.bin").stat().st_size == 2 * len(first)
+    again = load_prepared(path, cleaning="raw", token="word")
+    assert again.cached and again.vocab == first.vocab and torch.equal(again.ids, first.ids)
+    assert first.decode(first.ids) == words
+
+
+def test_storage_dtype_bounds():
+    assert [storage_dtype(v) for v in (28, 256, 257, 65536, 65537)] == [
+        "uint8", "uint8", "uint16", "uint16", "uint32",
+    ]  # fmt: skip
+
+
+def test_cache_round_trip_and_keys(tmp_path):
+    path = write(tmp_path, TEXT * 10)
+    first = load_prepared(path)
+    assert not first.cached and len(entries()) == 1
+    second = load_prepared(path)
+    assert second.cached and second.vocab == first.vocab and torch.equal(second.ids, first.ids)
+    assert second.sha256 == first.sha256
+    load_prepared(path, min_freq=3)  # other options, other entry
+    load_prepared(path, token="word")
+    assert len(entries()) == 3
+    meta = json.loads((entries()[0] / "meta.json").read_text())
+    assert {"format", "sha256", "dtype", "num_tokens", "vocab", "cleaning"} <= set(meta)
+    path.write_text(TEXT * 11)  # new content, new entry; the old one is never used
+    assert not load_prepared(path).cached and len(entries()) == 4
+
+
+def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
+    path = write(tmp_path, TEXT * 10)
+    first = load_prepared(path)
+    (entry,) = entries()
+    (entry / "ids.bin").write_bytes(b"\x00" * 5)  # truncated
+    rebuilt = load_prepared(path)
+    assert not rebuilt.cached and torch.equal(rebuilt.ids, first.ids)
+    (entry / "meta.json").write_text("{not json")
+    assert not load_prepared(path).cached
+    assert load_prepared(path).cached
+
+
+def test_without_cache_nothing_is_written(tmp_path):
+    path = write(tmp_path, TEXT)
+    corpus = load_corpus(str(path), use_cache=False, progress=True)
+    assert len(corpus) > 0 and not cache_dir().exists()
+
+
+def test_describe_identifies_the_data(tmp_path):
+    corpus = load_corpus(str(write(tmp_path, TEXT)))
+    info = corpus.describe()
+    assert info["sha256"] == corpus.sha256 and info["num_tokens"] == len(corpus)
+    assert (info["cleaning"], info["token"], info["vocab_size"]) == ("d2l", "char", 24)
