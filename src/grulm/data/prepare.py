@@ -28,10 +28,9 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 
 import torch
@@ -240,20 +239,24 @@ def _words(raw: bytes, offset: int, cleaning: str, name: str) -> list:
 
 
 def _prepare_words(path, cleaning, min_freq, reserved, name, bar):
-    # Two passes over the file (count, then map) keep memory at one chunk's tokens.
-    counts: Counter = Counter()
+    # One pass: each distinct word gets a provisional id in order of first appearance (a
+    # defaultdict whose default is its own length, so the lookup runs at C speed); counts
+    # are a bincount of the provisional ids; the final ids are a gather through the vocab.
+    first_seen: defaultdict = defaultdict()
+    first_seen.default_factory = first_seen.__len__
+    provisional = array.array("I")
     for offset, raw in _chunks(path):
-        counts.update(_words(raw, offset, cleaning, name))
-        _advance(bar, len(raw))
-    as_str = (lambda w: w.decode("ascii")) if cleaning == "d2l" else (lambda w: w)
-    str_counts = Counter({as_str(word): n for word, n in counts.items()})
-    vocab = Vocab.from_counts(str_counts, min_freq, reserved)
-    word_ids = {word: vocab[as_str(word)] for word in counts}
-    out32 = array.array("I")
-    for offset, raw in _chunks(path):
-        out32.extend(map(word_ids.get, _words(raw, offset, cleaning, name), repeat(0)))
-        _advance(bar, len(raw))
-    return _narrow(out32, len(vocab)), vocab
+        provisional.extend(map(first_seen.__getitem__, _words(raw, offset, cleaning, name)))
+        _advance(bar, 2 * len(raw))
+    if not provisional:
+        return _empty(), Vocab.from_counts({}, min_freq, reserved)
+    order = torch.frombuffer(provisional, dtype=torch.uint32).to(torch.int64)  # (N,)
+    counts = torch.bincount(order, minlength=len(first_seen)).tolist()
+    words = [w.decode("ascii") for w in first_seen] if cleaning == "d2l" else list(first_seen)
+    vocab = Vocab.from_counts(dict(zip(words, counts, strict=True)), min_freq, reserved)
+    remap = torch.tensor(vocab[words], dtype=torch.int32)  # provisional id → vocab id
+    ids = remap[order]
+    return (ids.to(torch.uint8) if len(vocab) <= 256 else ids), vocab
 
 
 def _narrow(ids32: array.array, vocab_size: int) -> torch.Tensor:
