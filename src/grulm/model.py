@@ -94,9 +94,16 @@ def _check_choice(name: str, value: str, choices) -> None:
 
 
 class GRUStack(nn.Module):
-    """The recurrent parameters, named and shaped exactly as ``torch.nn.GRU``'s."""
+    """The recurrent parameters, named and shaped exactly as ``torch.nn.GRU``'s.
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int) -> None:
+    In the reset-before GRU every hidden bias sits outside the reset gate (``b_hn`` too), so
+    ``bias_hh`` only adds to ``bias_ih``: it is kept as a zero buffer, not a parameter, giving one
+    trainable bias per gate as in the textbook (two would double the biases' learning rate).
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int, *, reset_after: bool
+    ) -> None:
         super().__init__()
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -109,7 +116,12 @@ class GRUStack(nn.Module):
                 f"weight_hh_l{k}", nn.Parameter(torch.empty(3 * hidden_size, hidden_size))
             )
             self.register_parameter(f"bias_ih_l{k}", nn.Parameter(torch.empty(3 * hidden_size)))
-            self.register_parameter(f"bias_hh_l{k}", nn.Parameter(torch.empty(3 * hidden_size)))
+            if reset_after:
+                self.register_parameter(
+                    f"bias_hh_l{k}", nn.Parameter(torch.empty(3 * hidden_size))
+                )
+            else:
+                self.register_buffer(f"bias_hh_l{k}", torch.zeros(3 * hidden_size))
 
     def layer(self, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Layer k's ``(weight_ih, weight_hh, bias_ih, bias_hh)``."""
@@ -137,7 +149,12 @@ class GRULM(nn.Module):
             if config.input_kind == "embedding"
             else None
         )
-        self.gru = GRUStack(config.input_size, config.hidden_size, config.num_layers)
+        self.gru = GRUStack(
+            config.input_size,
+            config.hidden_size,
+            config.num_layers,
+            reset_after=config.variant == "reset_after",
+        )
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
         self.reset_parameters(generator)
 

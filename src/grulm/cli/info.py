@@ -1,0 +1,55 @@
+"""``grulm info``: what a checkpoint holds, without running it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from grulm.checkpoint import load_checkpoint
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="describe a checkpoint",
+        description="Load and validate a checkpoint and describe it: model, vocabulary, data, "
+        "training configuration and final metrics.",
+    )
+    parser.add_argument("checkpoint", help="the checkpoint directory (`grulm train --out`)")
+    parser.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    model, vocab, meta = checkpoint.model, checkpoint.vocab, checkpoint.meta
+    if args.json:
+        described = {"model_config": model.config.to_dict(), "vocab_size": len(vocab), **meta}
+        print(json.dumps(described, indent=2))
+        return 0
+    config = model.config
+    num_parameters = sum(p.numel() for p in model.parameters())
+    tokens = " ".join(repr(t) for t in vocab.idx_to_token[:12])
+    more = f" … (+{len(vocab) - 12})" if len(vocab) > 12 else ""
+    lines = [
+        f"checkpoint   {checkpoint.directory}",
+        f"format       v{meta['format_version']}, written by grulm {meta.get('grulm_version')} "
+        f"on {meta.get('created')}",
+        f"model        {config.num_layers}×{config.hidden_size} {config.variant} GRU, "
+        f"{config.input_kind} input, dropout {config.dropout}, init {config.init}, "
+        f"backend {config.backend}; {num_parameters:,} parameters",
+        f"vocab        {len(vocab)} tokens: {tokens}{more}",
+    ]
+    if "data" in meta:
+        lines.append("data         " + ", ".join(f"{k} {v}" for k, v in meta["data"].items()))
+    if "train" in meta:
+        lines.append("training     " + ", ".join(f"{k} {v}" for k, v in meta["train"].items()))
+    metrics = {k: v for k, v in meta.get("metrics", {}).items() if not isinstance(v, list)}
+    if metrics:
+        lines.append("metrics      " + ", ".join(f"{k} {_short(v)}" for k, v in metrics.items()))
+    print("\n".join(lines))
+    return 0
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

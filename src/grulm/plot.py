@@ -1,0 +1,38 @@
+"""Training curves as PNG files (matplotlib's file-only Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def save_perplexity_plot(
+    path: str | os.PathLike, curves: Mapping[str, Sequence[float]], title: str = ""
+) -> Path:
+    """Plot perplexity per epoch, one line per curve (e.g. ``{"train": [...], "val": [...]}``).
+
+    The file is written under a temporary name and renamed, so a reader never sees half a PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for label, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("perplexity")
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.part")
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,33 @@
+"""Shared fixtures: the corpora from ../shared/data, an isolated cache, the CLI as a subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture
+def shared_data(monkeypatch, tmp_path):
+    """GRULM_DATA_PATH pointing at ../shared/data and a fresh cache; skips where absent."""
+    if not (SHARED_DATA / "timemachine.txt").is_file():
+        pytest.skip(f"the corpora are not in {SHARED_DATA}")
+    monkeypatch.setenv("GRULM_DATA_PATH", str(SHARED_DATA))
+    monkeypatch.setenv("GRULM_CACHE", str(tmp_path / "cache"))
+    return SHARED_DATA
+
+
+def run_grulm(*args, env=None, input=None, timeout=600, cwd=None):
+    """Run the real ``grulm`` command (this interpreter's) and return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "grulm.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=input,
+        timeout=timeout,
+        cwd=cwd,
+    )
