@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from grulm.backends import reference, torch_gru
+from grulm.backends import cpu, reference, torch_gru
 from grulm.errors import ConfigError
 
 LayerFn = Callable[..., tuple[Tensor, Tensor]]
@@ -80,6 +80,19 @@ register(
         variants=("reset_after",),
         device_types=("cpu", "cuda", "mps"),
         description="PyTorch's nn.GRU kernel (cuDNN on a GPU), reset_after only",
+    ),
+    auto_rank=0,
+)
+
+
+register(
+    Backend(
+        name="cpu",
+        gru_layer=cpu.gru_layer,
+        variants=("reset_before", "reset_after"),
+        device_types=("cpu",),
+        description="fused C++ time loop with a hand-written backward (built on first use)",
+        unavailable=cpu.unavailable,
     ),
     auto_rank=0,
 )

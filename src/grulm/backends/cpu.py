@@ -1,0 +1,194 @@
+"""The ``cpu`` backend: a fused GRU layer in C++ with a hand-written backward through time.
+
+Same contract as :func:`grulm.backends.reference.gru_layer`, both variants. What makes it fast
+on a CPU (see ``csrc/gru_cpu.cpp``):
+
+- the input projection is hoisted out of the time loop (a row gather of ``W_ih^T`` for one-hot
+  input, one matrix product for features);
+- per step, the recurrent products of all gates are one GEMM (reset-after) or two
+  (reset-before: ``h W_hrz^T``, then ``(R ⊙ h) W_hn^T``), each followed by ONE fused
+  elementwise pass that writes the gates, the saved activations and the next state;
+- backward is a custom :class:`torch.autograd.Function` that walks the steps in reverse with
+  two GEMMs per step for ``dh`` and forms ``dW_hh`` and the bias gradients once, over all T·B
+  rows, after the loop.
+
+The extension is compiled just in time, once per source/torch version, into
+``$GRULM_CACHE/extensions`` (``torch.utils.cpp_extension`` with ninja), and later processes
+load the cached library directly (tens of milliseconds). Where it cannot be built (no
+compiler, no ninja, a failing build) :func:`unavailable` says why and ``backend='auto'``
+falls back to the next backend with one warning.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+LIBRARY_NAME = "grulm_cpu"
+SOURCE = Path(__file__).with_name("csrc") / "gru_cpu.cpp"
+
+
+def _compile_flags() -> list[str]:
+    """Optimisation flags for this machine: AVX2/FMA where PyTorch itself uses them."""
+    flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine() in ("x86_64", "AMD64") and capability in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+    return flags
+
+
+def build_dir() -> Path:
+    """Where the compiled library for this source, torch version and flag set lives."""
+    from grulm.data.sources import cache_dir
+
+    key = hashlib.sha1()
+    key.update(SOURCE.read_bytes())
+    key.update(f"{torch.__version__} {torch.version.git_version}".encode())
+    key.update(" ".join([platform.machine(), *_compile_flags()]).encode())
+    return cache_dir() / "extensions" / f"{LIBRARY_NAME}-{key.hexdigest()[:16]}"
+
+
+def _build(target: Path) -> None:
+    """Compile the extension and move the library to ``target`` atomically.
+
+    Raises:
+        RuntimeError (or OSError): the compiler or ninja is missing or the build failed.
+    """
+    from torch.utils import cpp_extension  # imports setuptools: only when building
+
+    # ninja from PyPI lives next to the interpreter; a venv used without activation does not
+    # have that directory on PATH.
+    bin_dirs = [os.path.dirname(sys.executable)]
+    try:
+        import ninja
+
+        bin_dirs.append(ninja.BIN_DIR)
+    except ImportError:
+        pass
+    os.environ["PATH"] = os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = target.parent / "build"
+    work.mkdir(exist_ok=True)
+    cpp_extension.load(
+        name=LIBRARY_NAME,
+        sources=[str(SOURCE)],
+        extra_cflags=_compile_flags(),
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(work),
+        is_python_module=False,
+        verbose=False,
+    )
+    # Copy then rename, so another process never loads a half-written library.
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        shutil.copyfile(work / f"{LIBRARY_NAME}.so", tmp.name)
+    os.replace(tmp.name, target)
+
+
+@functools.cache
+def _load() -> str | None:
+    """Load the extension, building it first if needed; None on success, else the reason."""
+    if hasattr(torch.ops, LIBRARY_NAME) and hasattr(torch.ops.grulm_cpu, "forward"):
+        return None
+    try:
+        target = build_dir() / f"{LIBRARY_NAME}.so"
+        if target.exists():
+            torch.ops.load_library(str(target))
+        else:
+            _build(target)  # loads the freshly built library into this process
+    except (RuntimeError, OSError, ImportError, SystemExit) as error:
+        return f"could not build the C++ extension: {_summary(error)}"
+    return None
+
+
+def _summary(error: BaseException) -> str:
+    """One line from a build failure: the first compiler error if there is one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() and not line.startswith("[")]
+    return (errors or lines or [type(error).__name__])[-1 if not errors else 0][:300]
+
+
+def unavailable() -> str | None:
+    """Why the backend cannot run here (the extension failed to build or load), or None.
+
+    The first call builds the extension if this machine has no cached copy (about a minute
+    on two cores), or loads the cached one.
+    """
+    return _load()
+
+
+def load() -> None:
+    """Build (if needed) and load the extension now.
+
+    Raises:
+        RuntimeError: it cannot be built or loaded here; the message says why.
+    """
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(reason)
+
+
+class FusedGRULayer(torch.autograd.Function):
+    """One GRU layer over T steps, time-major, with the backward written out by hand.
+
+    Inputs: ``xp`` (T, B, 3H) = x W_ih^T (no bias), ``h0`` (B, H), ``weight_hh`` (3H, H),
+    ``bias_ih``, ``bias_hh`` (3H,), ``reset_after`` (bool). Output: ``hs`` (T+1, B, H) with
+    ``hs[0] = h0`` and ``hs[t+1]`` the state after step t.
+    """
+
+    @staticmethod
+    def forward(ctx, xp, h0, weight_hh, bias_ih, bias_hh, reset_after):
+        hs, gates, extra = torch.ops.grulm_cpu.forward(
+            xp, h0, weight_hh, bias_ih, bias_hh, reset_after
+        )
+        ctx.save_for_backward(hs, gates, extra, weight_hh)
+        ctx.reset_after = reset_after
+        return hs
+
+    @staticmethod
+    def backward(ctx, grad_hs):
+        hs, gates, extra, weight_hh = ctx.saved_tensors
+        d_xp, d_h0, d_weight_hh, d_bias_ih, d_bias_hh = torch.ops.grulm_cpu.backward(
+            grad_hs, hs, gates, extra, weight_hh, ctx.reset_after
+        )
+        return d_xp, d_h0, d_weight_hh, d_bias_ih, d_bias_hh, None
+
+
+def gru_layer(
+    x: Tensor,
+    h0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor,
+    bias_hh: Tensor,
+    *,
+    reset_after: bool,
+) -> tuple[Tensor, Tensor]:
+    """Same contract as :func:`grulm.backends.reference.gru_layer`.
+
+    Args:
+        x: (B, T) int64 token ids (one-hot input) or (B, T, I) features.
+        h0: (B, H); weight_ih: (3H, V) or (3H, I); weight_hh: (3H, H); biases: (3H,).
+        reset_after: the cuDNN variant if True, the textbook (reset-before) one if False.
+
+    Returns:
+        outputs (B, T, H) (a batch-first view of time-major storage) and h_T (B, H).
+
+    Raises:
+        RuntimeError: the extension cannot be built or loaded here.
+    """
+    load()
+    if x.dtype == torch.int64:
+        xp = torch.nn.functional.embedding(x.T, weight_ih.T.contiguous())  # (T, B, 3H) gather
+    else:
+        xp = torch.nn.functional.linear(x.transpose(0, 1), weight_ih)  # (T, B, 3H)
+    hs = FusedGRULayer.apply(xp, h0, weight_hh, bias_ih, bias_hh, reset_after)  # (T+1, B, H)
+    return hs[1:].transpose(0, 1), hs[-1]
