@@ -20,8 +20,7 @@ def shared_data(monkeypatch, tmp_path):
     return SHARED_DATA
 
 
-def run_grulm(*args, env=None, input=None, timeout=600, cwd=None):
-    """Run the real ``grulm`` command (this interpreter's) and return the CompletedProcess."""
+def _run_grulm(*args, env=None, input=None, timeout=600, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "grulm.cli", *map(str, args)],
         capture_output=True,
@@ -31,3 +30,10 @@ def run_grulm(*args, env=None, input=None, timeout=600, cwd=None):
         timeout=timeout,
         cwd=cwd,
     )
+
+
+@pytest.fixture(scope="session")
+def run_grulm():
+    """``run_grulm(*args, env=, input=, timeout=, cwd=)``: run the real ``grulm`` command with
+    this interpreter in a subprocess and return the ``CompletedProcess`` (text mode)."""
+    return _run_grulm

@@ -15,7 +15,7 @@ from grulm import __version__
 from grulm.errors import GrulmError
 
 # Subcommand modules, in the order `grulm --help` lists them.
-SUBCOMMANDS = ["train", "generate", "info"]
+SUBCOMMANDS = ["train", "generate", "info", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grulm {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
