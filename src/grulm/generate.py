@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -126,6 +127,10 @@ def encode_prefix(vocab, tokens: Sequence[str]) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------
 # Decoders: one token per sequence per step.
+#
+# A decoder works in its own array type (``xp``: torch, or NumPy for the CPU fast path): token
+# ids (N,) int64 in, logits (N, V) out; ``array`` makes one from a list or a CPU tensor.
+# ``.argmax(-1)``, ``[index]`` and ``.tolist()`` read the same for both.
 
 
 class ModelStepDecoder:
@@ -136,9 +141,14 @@ class ModelStepDecoder:
         state: (L, N, H) the state after the warm-up, one row per sequence.
     """
 
+    xp = torch
+
     def __init__(self, model: nn.Module, state: Tensor) -> None:
         self.model = model
         self.state = state
+
+    def array(self, values) -> Tensor:
+        return torch.as_tensor(values, device=self.state.device)
 
     def step(self, tokens: Tensor) -> Tensor:
         """Feed ``tokens`` (N,) int64; return the next-token logits (N, V)."""
@@ -148,20 +158,26 @@ class ModelStepDecoder:
 
     def reorder(self, index: Tensor) -> None:
         """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
-        self.state = self.state.index_select(1, index)
+        self.state = self.state[:, index]
 
 
 class GRUStepDecoder:
     """A lean single-step path through a :class:`GRULM`'s own parameters (both variants).
 
-    Per step and layer it runs a row gather (layer 0: the input projection ``x W_ih^T + b_ih``
-    precomputed for every token as a (V, 3H) table), two ``addmm``, the gate nonlinearities and
-    ``lerp`` for ``h' = Z ⊙ h + (1 − Z) ⊙ H~``; the recurrent biases of the gates are folded
-    into the input projection where the formula allows. Weights are detached copies, so no
-    autograd graph is built and no grad mode has to be switched (a generator that switched it
-    would leak the mode into its caller between yields). Dropout is not applied (eval mode).
+    Each layer's new state ``h`` feeds ONE matrix product, ``h @ [W_hh^T | W_next^T]``, that
+    gives both this layer's recurrent gate inputs for the next step and the input of whatever
+    reads ``h`` now: the next layer's input projection, or the output head (the logits). So a
+    step costs one product per layer for reset-after, two for reset-before (whose candidate
+    needs ``(R ⊙ h) W_hn^T``), plus a row gather of a precomputed (V, 3H) input table for
+    layer 0 and a few elementwise operations; biases are folded in wherever the formula
+    allows. Single-stream decoding is bound by per-operation overhead, not arithmetic: on a
+    CPU the arrays are NumPy's (float32/float64), whose small products and elementwise calls
+    cost a fraction of PyTorch's; elsewhere they are torch tensors on the model's device.
 
-    Equal to ``model.forward`` up to float rounding (tested).
+    The weights are detached copies, so no autograd graph is built and no grad mode has to be
+    switched (a generator that switched it would leak the mode into its caller between
+    yields). Dropout is not applied (eval mode). Equal to ``model.forward`` up to float
+    rounding (tested).
 
     Args:
         model: the model; its parameters are read once, at construction.
@@ -170,64 +186,85 @@ class GRUStepDecoder:
 
     def __init__(self, model: GRULM, state: Tensor) -> None:
         config = model.config
-        H = config.hidden_size
+        H = self.hidden_size = config.hidden_size
         self.reset_after = config.variant == "reset_after"
-        self.layers = []
+        G = 3 * H if self.reset_after else 2 * H  # recurrent inputs computed from h ahead
+        self.gates_width = G
+        head_weight, head_bias = model.head.weight.detach(), model.head.bias.detach()
+        use_numpy = state.device.type == "cpu" and state.dtype in (torch.float32, torch.float64)
+        self.xp = np if use_numpy else torch
+        convert = (lambda t: t.contiguous().numpy()) if use_numpy else (lambda t: t.contiguous())
+
+        def input_bias(b_ih: Tensor, b_hh: Tensor) -> Tensor:  # (3H,) added to x W_ih^T
+            if self.reset_after:
+                return b_ih  # b_hh rides with h W_hh^T: the candidate needs R ⊙ (h W_hn + b_hn)
+            return b_ih + torch.cat([torch.zeros_like(b_hh[: 2 * H]), b_hh[2 * H :]])
+
         with torch.no_grad():
-            for k in range(config.num_layers):
-                W_ih, W_hh, b_ih, b_hh = (p.detach() for p in model.gru.layer(k))
-                b_i = b_ih.clone()
-                b_i[: 2 * H] += b_hh[: 2 * H]  # r and z: x W_i + b_i + h W_h + b_h
-                if not self.reset_after:
-                    b_i[2 * H :] += b_hh[2 * H :]  # reset-before: b_hn sits outside R ⊙ (·)
-                if k == 0 and model.embedding is None:
-                    input_table = (W_ih.T + b_i).contiguous()  # (V, 3H): one-hot row gather
-                elif k == 0:
-                    input_table = F.linear(model.embedding.weight.detach(), W_ih, b_i)  # (V, 3H)
+            params = [tuple(p.detach() for p in model.gru.layer(k)) for k in range(len(state))]
+            W_ih0, _, b_ih0, b_hh0 = params[0]
+            if model.embedding is None:
+                table = W_ih0.T + input_bias(b_ih0, b_hh0)  # (V, 3H): the one-hot product
+            else:
+                table = F.linear(model.embedding.weight.detach(), W_ih0, input_bias(b_ih0, b_hh0))
+            self.table = convert(table)
+            self.layers = []
+            for k, (_, W_hh, _, b_hh) in enumerate(params):
+                if k + 1 < len(params):
+                    W_next, _, b_ih_next, b_hh_next = params[k + 1]
+                    b_next = input_bias(b_ih_next, b_hh_next)
                 else:
-                    input_table = None
-                self.layers.append(
-                    (
-                        input_table,
-                        W_ih.T.contiguous(),  # (I, 3H)
-                        b_i,  # (3H,)
-                        W_hh[: 2 * H].T.contiguous(),  # (H, 2H) W_hr, W_hz
-                        W_hh[2 * H :].T.contiguous(),  # (H, H) W_hn
-                        b_hh[2 * H :].clone(),  # (H,) b_hn
-                    )
-                )
-            self.W_q = model.head.weight.detach().T.contiguous()  # (H, V)
-            self.b_q = model.head.bias.detach().clone()  # (V,)
-        self.hidden_size = H
-        self.h = list(state.unbind(0))  # L × (N, H)
+                    W_next, b_next = head_weight, head_bias
+                W_out = torch.cat([W_hh[:G], W_next]).T  # (H, G + 3H) or (H, G + V)
+                b_out = torch.cat([b_hh[:G], b_next])  # reset-before: b_hn is in the input bias
+                W_hn = None if self.reset_after else convert(W_hh[2 * H :].T)  # (H, H)
+                self.layers.append((convert(W_out), convert(b_out), W_hn))
+        self.device = state.device
+        self.h = [convert(h.clone()) for h in state.unbind(0)]  # L × (N, H)
+        self.recurrent = [
+            (h @ W_out[:, :G]) + b_out[:G]
+            for h, (W_out, b_out, _) in zip(self.h, self.layers, strict=True)
+        ]  # L × (N, G): h W_hh^T (+ b_hh) for the gates of the coming step
 
     @property
     def state(self) -> Tensor:
-        """(L, N, H)."""
-        return torch.stack(self.h)
+        """(L, N, H) as a torch tensor."""
+        return torch.stack([torch.as_tensor(h) for h in self.h])
 
-    def step(self, tokens: Tensor) -> Tensor:
-        """Feed ``tokens`` (N,) int64; return the next-token logits (N, V)."""
-        H = self.hidden_size
-        x = tokens
-        for k, (table, W_i, b_i, W_hrz, W_hn, b_hn) in enumerate(self.layers):
-            h = self.h[k]  # (N, H)
-            if table is not None:
-                gi = table.index_select(0, x)  # (N, 3H)
-            else:
-                gi = torch.addmm(b_i, x, W_i)  # (N, 3H)
-            RZ = torch.sigmoid(torch.addmm(gi[:, : 2 * H], h, W_hrz))  # (N, 2H)
-            R, Z = RZ[:, :H], RZ[:, H:]  # each (N, H)
+    def array(self, values):
+        if self.xp is np:
+            return np.asarray(values)
+        return torch.as_tensor(values, device=self.device)
+
+    def step(self, tokens):
+        """Feed ``tokens`` (N,) int64; return the next-token logits (N, V), both ``xp`` arrays."""
+        H, G, xp = self.hidden_size, self.gates_width, self.xp
+        x = self.table[tokens]  # (N, 3H) layer 0: x W_ih^T + b
+        for k, (W_out, b_out, W_hn) in enumerate(self.layers):
+            h, gh = self.h[k], self.recurrent[k]  # (N, H), (N, G)
+            RZ = x[:, : 2 * H] + gh[:, : 2 * H]  # (N, 2H) pre-activations of R and Z
+            RZ *= 0.5
+            xp.tanh(RZ, out=RZ)  # σ(a) = (1 + tanh(a / 2)) / 2, in place
+            RZ *= 0.5
+            RZ += 0.5
+            R, Z = RZ[:, :H], RZ[:, H:]
             if self.reset_after:
-                H_tilde = torch.tanh(torch.addcmul(gi[:, 2 * H :], R, torch.addmm(b_hn, h, W_hn)))
+                H_tilde = x[:, 2 * H :] + R * gh[:, 2 * H :]  # x W_in + b_in + R ⊙ (h W_hn + b_hn)
             else:
-                H_tilde = torch.tanh(torch.addmm(gi[:, 2 * H :], R * h, W_hn))  # (N, H)
-            x = self.h[k] = torch.lerp(H_tilde, h, Z)  # Z ⊙ h + (1 − Z) ⊙ H~, (N, H)
-        return torch.addmm(self.b_q, x, self.W_q)  # (N, V)
+                H_tilde = x[:, 2 * H :] + (R * h) @ W_hn  # x W_in + b_in + (R ⊙ h) W_hn + b_hn
+            xp.tanh(H_tilde, out=H_tilde)  # (N, H)
+            h = h - H_tilde
+            h *= Z
+            h += H_tilde  # Z ⊙ h + (1 − Z) ⊙ H~
+            out = h @ W_out  # (N, G + 3H) or (N, G + V)
+            out += b_out
+            self.h[k], self.recurrent[k], x = h, out[:, :G], out[:, G:]
+        return x  # (N, V)
 
-    def reorder(self, index: Tensor) -> None:
+    def reorder(self, index) -> None:
         """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
-        self.h = [h.index_select(0, index) for h in self.h]
+        self.h = [h[index] for h in self.h]
+        self.recurrent = [gh[index] for gh in self.recurrent]
 
 
 def warm_up(model: nn.Module, ids: Sequence[int], *, fast: bool = True):
@@ -240,14 +277,15 @@ def warm_up(model: nn.Module, ids: Sequence[int], *, fast: bool = True):
 
     Returns:
         (decoder, logits) — a decoder holding the state after the prefix, batch 1, and the
-        next-token logits (1, V) at the last prefix position.
+        next-token logits (1, V) at the last prefix position, as a ``decoder.xp`` array.
     """
     device = _model_device(model)
     inputs = torch.tensor([list(ids)], dtype=torch.int64, device=device)  # (1, T)
     with torch.no_grad():
         logits, state = model(inputs, None)  # (1, T, V), (L, 1, H)
     decoder_type = GRUStepDecoder if fast and isinstance(model, GRULM) else ModelStepDecoder
-    return decoder_type(model, state), logits[:, -1]
+    decoder = decoder_type(model, state)
+    return decoder, decoder.array(logits[:, -1])
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -297,14 +335,18 @@ def _make_selector(
     top_p: float | None,
     generator: torch.Generator | None,
 ):
-    """A function from logits (N, V) to the next tokens (N,) int64."""
+    """A function from logits (N, V) to the next tokens (N,) int64, torch or NumPy alike."""
     if strategy == "greedy" or temperature == 0:
-        return lambda logits: logits.argmax(dim=-1)
+        return lambda logits: logits.argmax(-1)
 
-    def sample(logits: Tensor) -> Tensor:
-        logits = filter_logits(logits / temperature, top_k, top_p)
-        probs = logits.softmax(dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    def sample(logits):
+        scaled = torch.as_tensor(logits) / temperature  # a NumPy array is shared, not copied
+        probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)  # (N, V)
+        # The exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks i with probability
+        # p_i (like torch.multinomial, several times faster per call) and never a p_i = 0.
+        race = torch.empty_like(probs).exponential_(generator=generator)
+        tokens = (probs / race).argmax(dim=-1)
+        return tokens.numpy() if isinstance(logits, np.ndarray) else tokens
 
     return sample
 
@@ -525,18 +567,20 @@ def generate(
             stops=stops,
         )
         return [text_prefix + text for text in continuations]
-    generator = _check_generator(generator, logits.device, strategy, temperature)
+    generator = _check_generator(generator, _model_device(model), strategy, temperature)
     select = _make_selector(strategy, temperature, top_k, top_p, generator)
-    index = torch.zeros(num_samples, dtype=torch.int64, device=logits.device)
+    index = decoder.array([0] * num_samples)
     decoder.reorder(index)  # one row of state per sample
-    logits = logits.index_select(0, index)  # (N, V)
+    logits = logits[index]  # (N, V)
     if not stops:
-        out = torch.empty(num_samples, max_new, dtype=torch.int64, device=logits.device)
+        steps = []
         for t in range(max_new):
-            out[:, t] = token = select(logits)
+            token = select(logits)  # (N,)
+            steps.append(token)
             if t + 1 < max_new:
                 logits = decoder.step(token)
-        return [text_prefix + "".join(pieces[i] for i in row) for row in out.tolist()]
+        rows = decoder.xp.stack(steps, 1).tolist()  # (N, max_new)
+        return [text_prefix + "".join(pieces[i] for i in row) for row in rows]
     texts = [[] for _ in range(num_samples)]
     watches = [_StopWatch(stops) for _ in range(num_samples)]
     running = set(range(num_samples))
@@ -599,7 +643,7 @@ def stream(
         return iter(())
     pieces = _pieces(vocab, text_format)
     decoder, logits = warm_up(model, ids, fast=fast)
-    generator = _check_generator(generator, logits.device, strategy, temperature)
+    generator = _check_generator(generator, _model_device(model), strategy, temperature)
     select = _make_selector(strategy, temperature, top_k, top_p, generator)
     return _stream_pieces(decoder, logits, select, pieces, max_new, _StopWatch(stops))
 
@@ -607,7 +651,7 @@ def stream(
 def _stream_pieces(decoder, logits, select, pieces, max_new, watch) -> Iterator[str]:
     for t in range(max_new):
         token = select(logits)
-        piece = pieces[token.item()]
+        piece = pieces[token.tolist()[0]]
         end = watch.feed(piece) if watch.stops else None
         if end is not None:
             yield piece[:end]
@@ -656,11 +700,11 @@ def _beam_search(
         logits: (1, V) the next-token logits after the prefix.
     """
     vocab_size = logits.shape[-1]
-    scores = torch.zeros(1, dtype=torch.float64, device=logits.device)  # (n,) sum of log p
+    scores = torch.zeros(1, dtype=torch.float64)  # (n,) sum of log p
     beams: list[tuple[str, _StopWatch]] = [("", _StopWatch(stops))]
     finished: list[tuple[float, str]] = []  # (normalised score, text)
     for t in range(max_new):
-        logp = torch.log_softmax(logits.double(), dim=-1)  # (n, V)
+        logp = torch.log_softmax(torch.as_tensor(logits).double().cpu(), dim=-1)  # (n, V)
         candidates = (scores[:, None] + logp).flatten()  # (n·V,)
         k = min(2 * beam_width, candidates.numel())
         top_scores, flat = candidates.topk(k)  # sorted, best first
@@ -686,10 +730,9 @@ def _beam_search(
         beams = kept_beams
         if not beams or len(finished) >= beam_width or t + 1 == max_new:
             break
-        scores = torch.tensor(kept_scores, dtype=torch.float64, device=logits.device)
-        device = logits.device
-        decoder.reorder(torch.tensor(kept_rows, dtype=torch.int64, device=device))
-        logits = decoder.step(torch.tensor(kept_tokens, dtype=torch.int64, device=device))
+        scores = torch.tensor(kept_scores, dtype=torch.float64)
+        decoder.reorder(decoder.array(kept_rows))
+        logits = decoder.step(decoder.array(kept_tokens))
     length = t + 1
     hypotheses = finished + [
         (score / length**length_penalty, text)
