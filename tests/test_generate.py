@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from grulm import textbook
+from grulm import step_kernel, textbook
 from grulm.data.sources import resolve_source
 from grulm.data.text import text_to_tokens
 from grulm.data.vocab import Vocab
@@ -467,25 +467,49 @@ def test_top_k_larger_than_the_vocabulary_is_clamped_with_a_warning():
         {"variant": "reset_after", "input_kind": "embedding", "num_layers": 3},
     ],
 )
-def test_step_decoder_equals_the_model_forward(config):
+@pytest.mark.parametrize("kernel", [True, False], ids=["C-step", "array-step"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_step_decoder_equals_the_model_forward(config, kernel, dtype):
+    if kernel and step_kernel.unavailable():
+        pytest.skip(step_kernel.unavailable())
     torch.manual_seed(0)
-    model = GRULM(GRUConfig(vocab_size=7, hidden_size=6, init="torch", **config)).double().eval()
+    model = GRULM(GRUConfig(vocab_size=7, hidden_size=6, init="torch", **config)).to(dtype).eval()
     with torch.no_grad():  # random biases everywhere, so every folded bias is exercised
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    state = torch.randn(model.config.num_layers, 3, 6, dtype=torch.float64)
-    fast, reference = GRUStepDecoder(model, state), ModelStepDecoder(model, state)
+    state = torch.randn(model.config.num_layers, 3, 6, dtype=dtype)
+    fast = GRUStepDecoder(model, state, kernel=kernel)
+    reference = ModelStepDecoder(model, state)
+    assert (fast.kernel is not None) == kernel
+    tolerance = {"rtol": 0, "atol": 1e-12 if dtype == torch.float64 else 1e-5}
 
     def step_both(tokens):
         logits = torch.as_tensor(fast.step(fast.array(tokens)))
-        torch.testing.assert_close(logits, reference.step(torch.tensor(tokens)), rtol=0, atol=1e-12)
+        torch.testing.assert_close(logits, reference.step(torch.tensor(tokens)), **tolerance)
 
     for tokens in torch.randint(0, 7, (5, 3)).tolist():
         step_both(tokens)
     fast.reorder(fast.array([2, 0, 2, 1]))
     reference.reorder(torch.tensor([2, 0, 2, 1]))
     step_both([1, 2, 3, 4])
-    torch.testing.assert_close(fast.state, reference.state, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast.state, reference.state, **tolerance)
+    chosen = fast.greedy(fast.array([0, 1, 2, 3]), 6)
+    expected = reference.greedy(torch.tensor([0, 1, 2, 3]), 6)
+    assert torch.as_tensor(chosen).tolist() == expected.tolist()
+
+
+def test_without_a_c_compiler_generation_falls_back_to_the_array_step(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("GRULM_CACHE", str(tmp_path))
+    step_kernel._load.cache_clear()
+    try:
+        assert "no C compiler" in step_kernel.unavailable()
+        model = GRULM(GRUConfig(vocab_size=4, hidden_size=5, backend="reference")).eval()
+        decoder, _ = warm_up(model, [1, 2])
+        assert isinstance(decoder, GRUStepDecoder) and decoder.kernel is None
+        assert len(predict(model, abc_vocab(), "ab", 5)) == 7
+    finally:
+        step_kernel._load.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ Documented behaviours:
 
 from __future__ import annotations
 
+import ctypes
 import math
 import re
 import warnings
@@ -46,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from grulm import step_kernel
 from grulm.data.text import check_text_options, text_to_tokens
 from grulm.errors import ConfigError
 from grulm.model import GRULM
@@ -156,6 +158,10 @@ class ModelStepDecoder:
             logits, self.state = self.model(tokens[:, None], self.state)
         return logits[:, -1]
 
+    def greedy(self, tokens: Tensor, steps: int) -> Tensor:
+        """Feed ``tokens`` (N,), then ``steps`` times feed back the argmax; return (N, steps)."""
+        return _greedy_steps(self, tokens, steps)
+
     def reorder(self, index: Tensor) -> None:
         """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
         self.state = self.state[:, index]
@@ -170,9 +176,14 @@ class GRUStepDecoder:
     step costs one product per layer for reset-after, two for reset-before (whose candidate
     needs ``(R ⊙ h) W_hn^T``), plus a row gather of a precomputed (V, 3H) input table for
     layer 0 and a few elementwise operations; biases are folded in wherever the formula
-    allows. Single-stream decoding is bound by per-operation overhead, not arithmetic: on a
-    CPU the arrays are NumPy's (float32/float64), whose small products and elementwise calls
-    cost a fraction of PyTorch's; elsewhere they are torch tensors on the model's device.
+    allows, and the r and z columns are stored negated so that ``σ(a) = 1 / (1 + exp(−a))``
+    takes three in-place calls.
+
+    Single-stream decoding is bound by per-call overhead, not arithmetic. On a CPU (float32 or
+    float64) the arrays are NumPy's, whose small products and elementwise calls cost a
+    fraction of PyTorch's, and the step below runs as ONE call into a small C library
+    (:mod:`grulm.step_kernel`, the same algebra) when it can be built; elsewhere the arrays are
+    torch tensors on the model's device.
 
     The weights are detached copies, so no autograd graph is built and no grad mode has to be
     switched (a generator that switched it would leak the mode into its caller between
@@ -182,9 +193,10 @@ class GRUStepDecoder:
     Args:
         model: the model; its parameters are read once, at construction.
         state: (L, N, H) the state after the warm-up.
+        kernel: use the C step where available; False keeps the array-level step.
     """
 
-    def __init__(self, model: GRULM, state: Tensor) -> None:
+    def __init__(self, model: GRULM, state: Tensor, *, kernel: bool = True) -> None:
         config = model.config
         H = self.hidden_size = config.hidden_size
         self.reset_after = config.variant == "reset_after"
@@ -207,6 +219,7 @@ class GRUStepDecoder:
                 table = W_ih0.T + input_bias(b_ih0, b_hh0)  # (V, 3H): the one-hot product
             else:
                 table = F.linear(model.embedding.weight.detach(), W_ih0, input_bias(b_ih0, b_hh0))
+            table[:, : 2 * H] *= -1  # −(x W_i + b) for r and z
             self.table = convert(table)
             self.layers = []
             for k, (_, W_hh, _, b_hh) in enumerate(params):
@@ -215,16 +228,61 @@ class GRUStepDecoder:
                     b_next = input_bias(b_ih_next, b_hh_next)
                 else:
                     W_next, b_next = head_weight, head_bias
-                W_out = torch.cat([W_hh[:G], W_next]).T  # (H, G + 3H) or (H, G + V)
+                W_out = torch.cat([W_hh[:G], W_next]).T.clone()  # (H, G + 3H) or (H, G + V)
                 b_out = torch.cat([b_hh[:G], b_next])  # reset-before: b_hn is in the input bias
+                for columns in [slice(0, 2 * H)] + [slice(G, G + 2 * H)] * (k + 1 < len(params)):
+                    W_out[:, columns] *= -1  # r and z negated: this layer's, the next one's
+                    b_out[columns] *= -1
                 W_hn = None if self.reset_after else convert(W_hh[2 * H :].T)  # (H, H)
                 self.layers.append((convert(W_out), convert(b_out), W_hn))
         self.device = state.device
+        if use_numpy:
+            self.one = self.table.dtype.type(1)  # a NumPy scalar: no conversion per call
+            self.gather = lambda tokens: self.table.take(tokens, 0)
+        else:
+            self.one = 1.0
+            self.gather = lambda tokens: self.table.index_select(0, tokens)
         self.h = [convert(h.clone()) for h in state.unbind(0)]  # L × (N, H)
         self.recurrent = [
             (h @ W_out[:, :G]) + b_out[:G]
             for h, (W_out, b_out, _) in zip(self.h, self.layers, strict=True)
         ]  # L × (N, G): h W_hh^T (+ b_hh) for the gates of the coming step
+        self.kernel = step_kernel.library() if use_numpy and kernel else None
+        if self.kernel is not None:
+            suffix = "f32" if self.table.dtype == np.float32 else "f64"
+            self.kernel_step = getattr(self.kernel, f"grulm_step_{suffix}")
+            self.kernel_greedy = getattr(self.kernel, f"grulm_greedy_{suffix}")
+            self._bind()
+
+    def _bind(self) -> None:
+        """Point the C ``Stack`` at the current arrays (after construction and every reorder)."""
+        H, V = self.hidden_size, self.table.shape[0]
+        self.h = [np.ascontiguousarray(h) for h in self.h]
+        self.recurrent = [np.ascontiguousarray(gh) for gh in self.recurrent]
+        N = self.h[0].shape[0]
+        dtype = self.table.dtype
+        self.x = np.empty((N, 3 * H), dtype)
+        self.work = np.empty(3 * H + self.gates_width + max(3 * H, V), dtype)
+        self.logits = np.empty((N, V), dtype)
+        self.c_arrays = [  # kept referenced: the Stack holds their raw addresses
+            step_kernel.pointers([W_out for W_out, _, _ in self.layers]),
+            step_kernel.pointers([b_out for _, b_out, _ in self.layers]),
+            step_kernel.pointers([W_hn for _, _, W_hn in self.layers]),
+            step_kernel.pointers(self.h),
+            step_kernel.pointers(self.recurrent),
+        ]
+        self.stack = step_kernel.Stack(
+            len(self.layers),
+            N,
+            H,
+            V,
+            self.reset_after,
+            self.table.ctypes.data,
+            *self.c_arrays,
+            self.x.ctypes.data,
+            self.work.ctypes.data,
+        )
+        self.stack_address = ctypes.addressof(self.stack)
 
     @property
     def state(self) -> Tensor:
@@ -238,15 +296,18 @@ class GRUStepDecoder:
 
     def step(self, tokens):
         """Feed ``tokens`` (N,) int64; return the next-token logits (N, V), both ``xp`` arrays."""
-        H, G, xp = self.hidden_size, self.gates_width, self.xp
-        x = self.table[tokens]  # (N, 3H) layer 0: x W_ih^T + b
+        if self.kernel is not None:
+            tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+            self.kernel_step(self.stack_address, tokens.ctypes.data, self.logits.ctypes.data)
+            return self.logits.copy()
+        H, G, xp, one = self.hidden_size, self.gates_width, self.xp, self.one
+        x = self.gather(tokens)  # (N, 3H) layer 0: x W_ih^T + b, r and z negated
         for k, (W_out, b_out, W_hn) in enumerate(self.layers):
             h, gh = self.h[k], self.recurrent[k]  # (N, H), (N, G)
-            RZ = x[:, : 2 * H] + gh[:, : 2 * H]  # (N, 2H) pre-activations of R and Z
-            RZ *= 0.5
-            xp.tanh(RZ, out=RZ)  # σ(a) = (1 + tanh(a / 2)) / 2, in place
-            RZ *= 0.5
-            RZ += 0.5
+            RZ = x[:, : 2 * H] + gh[:, : 2 * H]  # (N, 2H) −(pre-activations of R and Z)
+            xp.exp(RZ, out=RZ)
+            RZ += one
+            xp.reciprocal(RZ, out=RZ)  # σ, in place
             R, Z = RZ[:, :H], RZ[:, H:]
             if self.reset_after:
                 H_tilde = x[:, 2 * H :] + R * gh[:, 2 * H :]  # x W_in + b_in + R ⊙ (h W_hn + b_hn)
@@ -261,10 +322,40 @@ class GRUStepDecoder:
             self.h[k], self.recurrent[k], x = h, out[:, :G], out[:, G:]
         return x  # (N, V)
 
+    def greedy(self, tokens, steps: int):
+        """Feed ``tokens`` (N,), then ``steps`` times feed back the argmax; return (N, steps)."""
+        if self.kernel is None:
+            return _greedy_steps(self, tokens, steps)
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        out = np.empty((len(tokens), steps), np.int64)
+        next_tokens = np.empty(len(tokens), np.int64)
+        self.kernel_greedy(
+            self.stack_address,
+            tokens.ctypes.data,
+            steps,
+            out.ctypes.data,
+            next_tokens.ctypes.data,
+            self.logits.ctypes.data,
+        )
+        return out
+
     def reorder(self, index) -> None:
         """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
         self.h = [h[index] for h in self.h]
         self.recurrent = [gh[index] for gh in self.recurrent]
+        if self.kernel is not None:
+            self._bind()
+
+
+def _greedy_steps(decoder, tokens, steps: int):
+    """Feed ``tokens`` (N,), then ``steps`` times feed back the argmax; return (N, steps)."""
+    chosen = []
+    for _ in range(steps):
+        tokens = decoder.step(tokens).argmax(-1)
+        chosen.append(tokens)
+    if not chosen:
+        return decoder.array([[] for _ in range(len(tokens))])
+    return decoder.xp.stack(chosen, 1)
 
 
 def warm_up(model: nn.Module, ids: Sequence[int], *, fast: bool = True):
@@ -572,6 +663,15 @@ def generate(
     index = decoder.array([0] * num_samples)
     decoder.reorder(index)  # one row of state per sample
     logits = logits[index]  # (N, V)
+    if not stops and (strategy == "greedy" or temperature == 0):
+        first = logits.argmax(-1)  # (N,)
+        rows = [
+            [i, *rest]
+            for i, rest in zip(
+                first.tolist(), decoder.greedy(first, max_new - 1).tolist(), strict=True
+            )
+        ]
+        return [text_prefix + "".join(pieces[i] for i in row) for row in rows]
     if not stops:
         steps = []
         for t in range(max_new):
