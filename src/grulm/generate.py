@@ -563,20 +563,25 @@ class _StopWatch:
 # The public entry points.
 
 
-def predict(model: nn.Module, vocab, prefix: str, num_preds: int) -> str:
+def predict(
+    model: nn.Module, vocab, prefix: str, num_preds: int, text_format: TextFormat = TextFormat()
+) -> str:
     """Greedy generation after a warm-up: the seed's ``predict_ch8``.
 
-    Returns the prefix followed by ``num_preds`` characters, identical to the seed's output
-    for a prefix within the vocabulary (unknown prefix characters are warned about, read as
-    ``<unk>``, and echoed as given rather than as ``'<unk>'``). The prefix is not cleaned.
+    Returns the prefix followed by ``num_preds`` tokens, identical to the seed's output for a
+    character prefix within the vocabulary (unknown prefix characters are warned about, read
+    as ``<unk>``, and echoed as given rather than as ``'<unk>'``). By default the prefix is
+    not cleaned, as in the seed; pass ``TextFormat.from_meta(...)`` (or the corpus's cleaning
+    and token kind) for word-level or d2l-cleaned prompts.
 
     Args:
         model: a GRULM (or any module with its call signature), in eval mode.
         vocab: the vocabulary (``vocab[token]``, ``vocab.idx_to_token``).
-        prefix: at least one character.
-        num_preds: characters to generate, ≥ 0.
+        prefix: at least one token.
+        num_preds: tokens to generate, ≥ 0.
+        text_format: how to tokenise the prefix and join tokens (default: characters, raw).
     """
-    return generate(model, vocab, prefix, max_new=num_preds)[0]
+    return generate(model, vocab, prefix, max_new=num_preds, text_format=text_format)[0]
 
 
 def generate(

@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
     prefix = _read_prime_file(args.prime_file) if args.prime_file else args.prefix
     with _warnings_to_stderr():
         checkpoint = load_checkpoint(args.checkpoint, map_location=_device(args.device))
-        check_options(len(checkpoint.vocab), **options)
+        top_k = check_options(len(checkpoint.vocab), **options)
+    if top_k is not None:
+        options["top_k"] = top_k  # clamped once, with one warning
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=_device(args.device)).manual_seed(args.seed)
