@@ -425,21 +425,62 @@ def _make_selector(
     top_k: int | None,
     top_p: float | None,
     generator: torch.Generator | None,
+    max_new: int,
 ):
     """A function from logits (N, V) to the next tokens (N,) int64, torch or NumPy alike."""
     if strategy == "greedy" or temperature == 0:
         return lambda logits: logits.argmax(-1)
+    return GumbelSampler(temperature, top_k, top_p, generator, max_new)
 
-    def sample(logits):
-        scaled = torch.as_tensor(logits) / temperature  # a NumPy array is shared, not copied
-        probs = filter_logits(scaled, top_k, top_p).softmax(dim=-1)  # (N, V)
-        # The exponential race: argmax p_i / E_i with E_i ~ Exp(1) picks i with probability
-        # p_i (like torch.multinomial, several times faster per call) and never a p_i = 0.
-        race = torch.empty_like(probs).exponential_(generator=generator)
-        tokens = (probs / race).argmax(dim=-1)
-        return tokens.numpy() if isinstance(logits, np.ndarray) else tokens
 
-    return sample
+class GumbelSampler:
+    """Draws tokens from ``softmax(logits / temperature)``, after top-k / top-p filtering.
+
+    By the Gumbel-max trick: ``argmax(logits / T + G)`` with ``G = −log E``, ``E ~ Exp(1)``
+    i.i.d., picks token i with probability ``softmax(logits / T)_i`` exactly, and never a
+    token whose logit is −inf (filtered out). The noise comes from ``generator`` only, drawn
+    in blocks of steps so that a step costs a few array operations rather than a
+    ``torch.multinomial`` call; a block holds at most 65,536 numbers (fewer steps for a large
+    vocabulary) and never more steps than are left. The draws are the same whichever decoder
+    produced the logits.
+
+    Args:
+        temperature: > 0.
+        top_k, top_p: see :func:`filter_logits` (None: no filter).
+        generator: the source of randomness, on the logits' device.
+        max_new: how many steps will be drawn at most.
+    """
+
+    BLOCK_NUMBERS = 1 << 16
+
+    def __init__(self, temperature, top_k, top_p, generator, max_new: int) -> None:
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.generator = generator
+        self.left = max_new
+        self.noise, self.used = None, 0
+
+    def __call__(self, logits):
+        if self.noise is None or self.used == len(self.noise):
+            self._draw(logits)
+        noise = self.noise[self.used]  # (N, V)
+        self.used += 1
+        scaled = logits / self.temperature
+        if self.top_k is not None or self.top_p is not None:
+            filtered = filter_logits(torch.as_tensor(scaled), self.top_k, self.top_p)
+            scaled = filtered.numpy() if isinstance(logits, np.ndarray) else filtered
+        return (scaled + noise).argmax(-1)
+
+    def _draw(self, logits) -> None:
+        N, V = logits.shape
+        steps = max(1, min(self.left, self.BLOCK_NUMBERS // (N * V)))
+        self.left -= steps
+        like = torch.as_tensor(logits)
+        exponential = torch.empty(steps, N, V, dtype=like.dtype, device=like.device)
+        exponential.exponential_(generator=self.generator)
+        tiny = torch.finfo(like.dtype).tiny  # E = 0 would give G = +inf, even for −inf logits
+        gumbel = exponential.clamp_(min=tiny).log_().neg_()  # (steps, N, V)
+        self.noise = gumbel.numpy() if isinstance(logits, np.ndarray) else gumbel
+        self.used = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -664,7 +705,7 @@ def generate(
         )
         return [text_prefix + text for text in continuations]
     generator = _check_generator(generator, _model_device(model), strategy, temperature)
-    select = _make_selector(strategy, temperature, top_k, top_p, generator)
+    select = _make_selector(strategy, temperature, top_k, top_p, generator, max_new)
     index = decoder.array([0] * num_samples)
     decoder.reorder(index)  # one row of state per sample
     logits = logits[index]  # (N, V)
@@ -749,7 +790,7 @@ def stream(
     pieces = _pieces(vocab, text_format)
     decoder, logits = warm_up(model, ids, fast=fast)
     generator = _check_generator(generator, _model_device(model), strategy, temperature)
-    select = _make_selector(strategy, temperature, top_k, top_p, generator)
+    select = _make_selector(strategy, temperature, top_k, top_p, generator, max_new)
     return _stream_pieces(decoder, logits, select, pieces, max_new, _StopWatch(stops))
 
 
