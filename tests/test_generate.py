@@ -467,10 +467,10 @@ def test_top_k_larger_than_the_vocabulary_is_clamped_with_a_warning():
         {"variant": "reset_after", "input_kind": "embedding", "num_layers": 3},
     ],
 )
-@pytest.mark.parametrize("kernel", [True, False], ids=["C-step", "array-step"])
+@pytest.mark.parametrize("impl", ["c", "numpy", "torch"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_step_decoder_equals_the_model_forward(config, kernel, dtype):
-    if kernel and step_kernel.unavailable():
+def test_step_decoder_equals_the_model_forward(config, impl, dtype):
+    if impl == "c" and step_kernel.unavailable():
         pytest.skip(step_kernel.unavailable())
     torch.manual_seed(0)
     model = GRULM(GRUConfig(vocab_size=7, hidden_size=6, init="torch", **config)).to(dtype).eval()
@@ -478,9 +478,9 @@ def test_step_decoder_equals_the_model_forward(config, kernel, dtype):
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     state = torch.randn(model.config.num_layers, 3, 6, dtype=dtype)
-    fast = GRUStepDecoder(model, state, kernel=kernel)
+    fast = GRUStepDecoder(model, state, impl=impl)
     reference = ModelStepDecoder(model, state)
-    assert (fast.kernel is not None) == kernel
+    assert fast.impl == impl
     tolerance = {"rtol": 0, "atol": 1e-12 if dtype == torch.float64 else 1e-5}
 
     def step_both(tokens):
@@ -506,7 +506,9 @@ def test_without_a_c_compiler_generation_falls_back_to_the_array_step(monkeypatc
         assert "no C compiler" in step_kernel.unavailable()
         model = GRULM(GRUConfig(vocab_size=4, hidden_size=5, backend="reference")).eval()
         decoder, _ = warm_up(model, [1, 2])
-        assert isinstance(decoder, GRUStepDecoder) and decoder.kernel is None
+        assert isinstance(decoder, GRUStepDecoder) and decoder.impl == "numpy"
+        with pytest.raises(ConfigError, match="no C compiler"):
+            GRUStepDecoder(model, model.begin_state(1), impl="c")
         fallback = predict(model, abc_vocab(), "ab", 5)
         assert fallback == generate(model, abc_vocab(), "ab", max_new=5, fast=False)[0]
     finally:

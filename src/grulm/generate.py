@@ -10,9 +10,12 @@ Every function here is pure: no printing, no files, and randomness only through 
    seed's first prediction.
 2. **Decoding.** One token per step. For a :class:`~grulm.model.GRULM` a lean single-step
    decoder (:class:`GRUStepDecoder`) computes the step from the model's own parameters with the
-   input projection precomputed as a (V, 3H) table and the biases folded in; any other module
+   input projection precomputed as a (V, 3H) table and the biases folded in — on a CPU as one
+   call into a small C kernel, or NumPy where no C compiler is available; any other module
    with the GRULM call signature ``model(inputs (B, T), state (L, B, H) | None) -> (logits
    (B, T, V), state)`` is stepped through its ``forward`` (:class:`ModelStepDecoder`).
+   Sampling uses the Gumbel-max trick with noise drawn from the ``torch.Generator`` in blocks
+   (:class:`GumbelSampler`); beam search keeps ``beam_width`` hypotheses in one batch.
 
 Documented behaviours:
 
@@ -179,11 +182,14 @@ class GRUStepDecoder:
     allows, and the r and z columns are stored negated so that ``σ(a) = 1 / (1 + exp(−a))``
     takes three in-place calls.
 
-    Single-stream decoding is bound by per-call overhead, not arithmetic. On a CPU (float32 or
-    float64) the arrays are NumPy's, whose small products and elementwise calls cost a
-    fraction of PyTorch's, and the step below runs as ONE call into a small C library
-    (:mod:`grulm.step_kernel`, the same algebra) when it can be built; elsewhere the arrays are
-    torch tensors on the model's device.
+    Single-stream decoding is bound by per-call overhead, not arithmetic, so ``impl`` picks
+    where the step runs (``auto``: the first that applies):
+
+    - ``c``: ONE call per step (and one per whole greedy run) into a small C library,
+      :mod:`grulm.step_kernel`, with the same algebra; CPU, float32/float64, where it builds;
+    - ``numpy``: the step below on NumPy arrays, whose small products and elementwise calls
+      cost a fraction of PyTorch's on a CPU; float32/float64;
+    - ``torch``: the step below on torch tensors on the model's device (GPUs, other dtypes).
 
     The weights are detached copies, so no autograd graph is built and no grad mode has to be
     switched (a generator that switched it would leak the mode into its caller between
@@ -193,17 +199,29 @@ class GRUStepDecoder:
     Args:
         model: the model; its parameters are read once, at construction.
         state: (L, N, H) the state after the warm-up.
-        kernel: use the C step where available; False keeps the array-level step.
+        impl: ``auto``, ``c``, ``numpy`` or ``torch``.
+
+    Raises:
+        ConfigError: ``impl`` names a path that cannot run this model here (with the reason).
     """
 
-    def __init__(self, model: GRULM, state: Tensor, *, kernel: bool = True) -> None:
+    IMPLS = ("auto", "c", "numpy", "torch")
+
+    def __init__(self, model: GRULM, state: Tensor, *, impl: str = "auto") -> None:
         config = model.config
         H = self.hidden_size = config.hidden_size
         self.reset_after = config.variant == "reset_after"
         G = 3 * H if self.reset_after else 2 * H  # recurrent inputs computed from h ahead
         self.gates_width = G
         head_weight, head_bias = model.head.weight.detach(), model.head.bias.detach()
-        use_numpy = state.device.type == "cpu" and state.dtype in (torch.float32, torch.float64)
+        cpu_float = state.device.type == "cpu" and state.dtype in (torch.float32, torch.float64)
+        if impl not in self.IMPLS:
+            raise ConfigError(f"impl must be one of {', '.join(self.IMPLS)}; got {impl!r}")
+        if impl in ("c", "numpy") and not cpu_float:
+            raise ConfigError(f"impl {impl!r} needs a float32/float64 model on the CPU")
+        if impl == "c" and step_kernel.unavailable():
+            raise ConfigError(step_kernel.unavailable())
+        use_numpy = impl in ("c", "numpy") or (impl == "auto" and cpu_float)
         self.xp = np if use_numpy else torch
         convert = (lambda t: t.contiguous().numpy()) if use_numpy else (lambda t: t.contiguous())
 
@@ -247,7 +265,9 @@ class GRUStepDecoder:
             (h @ W_out[:, :G]) + b_out[:G]
             for h, (W_out, b_out, _) in zip(self.h, self.layers, strict=True)
         ]  # L × (N, G): h W_hh^T (+ b_hh) for the gates of the coming step
-        self.kernel = step_kernel.library() if use_numpy and kernel else None
+        self.kernel = (
+            step_kernel.library() if impl == "c" or (impl == "auto" and cpu_float) else None
+        )
         if self.kernel is not None:
             suffix = "f32" if self.table.dtype == np.float32 else "f64"
             self.kernel_step = getattr(self.kernel, f"grulm_step_{suffix}")
@@ -338,6 +358,11 @@ class GRUStepDecoder:
             self.logits.ctypes.data,
         )
         return out
+
+    @property
+    def impl(self) -> str:
+        """The path the step runs on: ``c``, ``numpy`` or ``torch``."""
+        return "c" if self.kernel is not None else "numpy" if self.xp is np else "torch"
 
     def reorder(self, index) -> None:
         """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
@@ -598,6 +623,11 @@ class _StopWatch:
                 end = stop_end if end is None else min(end, stop_end)
         self.tail = window[max(0, len(window) - self.keep) :] if self.keep else ""
         return end
+
+    def copy(self) -> _StopWatch:
+        twin = _StopWatch(self.stops)
+        twin.tail = self.tail
+        return twin
 
 
 # ---------------------------------------------------------------------------------------------
@@ -861,7 +891,7 @@ def _beam_search(
             piece = pieces[token]
             end = None
             if stops:
-                watch = _copy_watch(watch)
+                watch = watch.copy()
                 end = watch.feed(piece)
             if end is not None:
                 if rank < beam_width:  # a finished hypothesis must rank among the best
@@ -886,9 +916,3 @@ def _beam_search(
     ]
     hypotheses.sort(key=lambda h: h[0], reverse=True)
     return [text for _, text in hypotheses[:num_return]]
-
-
-def _copy_watch(watch: _StopWatch) -> _StopWatch:
-    copy = _StopWatch(watch.stops)
-    copy.tail = watch.tail
-    return copy
