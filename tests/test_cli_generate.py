@@ -83,9 +83,12 @@ def test_stream_through_a_pipe_prints_as_it_goes(d2l_checkpoint, run_grulm):
         first = process.stdout.read(40)
         assert first.startswith("time traveller") and len(first) == 40
         assert process.poll() is None
+        process.stdout.close()  # the reader leaves, as `| head` does: a quiet exit
+        assert process.wait(timeout=60) == 0
+        assert "Traceback" not in process.stderr.read()
     finally:
         process.kill()
-        process.communicate()
+        process.wait()
 
 
 def test_interactive_reads_prefixes_until_end_of_input(d2l_checkpoint, run_grulm):

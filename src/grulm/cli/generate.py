@@ -6,6 +6,7 @@ With no options it is the seed's prediction: 50 greedy characters after "time tr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from contextlib import contextmanager
@@ -148,23 +149,31 @@ def run(args: argparse.Namespace) -> int:
         with _warnings_to_stderr():
             _complete(checkpoint, text, options, args.stop, generator, args.stream)
 
-    if not args.interactive:
-        complete(DEFAULT_PREFIX if prefix is None else prefix)
-        return 0
-    interactive = sys.stdin.isatty()
+    try:
+        if args.interactive:
+            _interact(complete)
+        else:
+            complete(DEFAULT_PREFIX if prefix is None else prefix)
+    except BrokenPipeError:  # the reader left (`grulm generate … | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _interact(complete) -> None:
+    """Complete each line of stdin until end of input; a bad prefix does not end the loop."""
+    prompt = sys.stdin.isatty()
     while True:
-        if interactive:
+        if prompt:
             print("prefix> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline()
         if not line:
             break
         try:
             complete(line.rstrip("\r\n"))
-        except GrulmError as error:  # one bad prefix does not end the session
+        except GrulmError as error:
             print(f"grulm generate: error: {error}", file=sys.stderr, flush=True)
-    if interactive:
+    if prompt:
         print(file=sys.stderr)
-    return 0
 
 
 def _complete(checkpoint, prefix, options, stop, generator, streaming) -> None:
