@@ -26,9 +26,13 @@ def add_parser(subparsers) -> None:
         "generate",
         help="generate text from a checkpoint",
         description="Continue a prefix with a trained model. Defaults reproduce the seed: "
-        "50 greedy characters after {DEFAULT_PREFIX!r}. The prefix is cleaned as the "
+        f"50 greedy characters after {DEFAULT_PREFIX!r}. The prefix is cleaned as the "
         "training text was (d2l: letters only, lower case); prefix characters outside the "
         "vocabulary are read as <unk> with a warning.",
+        epilog="Each continuation is printed with its prefix; several are separated by a "
+        "blank line. Without --stream the whole text is held in memory until printed; with "
+        "--stream memory stays constant however large --num-preds is. In --interactive mode "
+        "a bad prefix prints an error and the loop goes on.",
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint directory")
     prompt = parser.add_argument_group("prompt")
