@@ -3,8 +3,9 @@
 Same contract as :func:`grulm.backends.reference.gru_layer`, both variants. What makes it fast
 on a CPU (see ``csrc/gru_cpu.cpp``):
 
-- the input projection is hoisted out of the time loop (a row gather of ``W_ih^T`` for one-hot
-  input, one matrix product for features);
+- the input projection is hoisted out of the time loop: one matrix product for features; for
+  one-hot input the kernel reads the row of ``W_ih^T`` each token id selects, and scatters the
+  gradient back into those rows;
 - per step, the recurrent products of all gates are one GEMM (reset-after) or two
   (reset-before: ``h W_hrz^T``, then ``(R ⊙ h) W_hn^T``), each followed by ONE fused
   elementwise pass that writes the gates, the saved activations and the next state;
@@ -112,8 +113,8 @@ def _load() -> str | None:
 def _summary(error: BaseException) -> str:
     """One line from a build failure: the first compiler error if there is one."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() and not line.startswith("[")]
-    return (errors or lines or [type(error).__name__])[-1 if not errors else 0][:300]
+    errors = [line for line in lines if "error:" in line or "not found" in line]
+    return (errors or lines or [type(error).__name__])[0][:300]
 
 
 def unavailable() -> str | None:
@@ -139,27 +140,30 @@ def load() -> None:
 class FusedGRULayer(torch.autograd.Function):
     """One GRU layer over T steps, time-major, with the backward written out by hand.
 
-    Inputs: ``xp`` (T, B, 3H) = x W_ih^T (no bias), ``h0`` (B, H), ``weight_hh`` (3H, H),
-    ``bias_ih``, ``bias_hh`` (3H,), ``reset_after`` (bool). Output: ``hs`` (T+1, B, H) with
-    ``hs[0] = h0`` and ``hs[t+1]`` the state after step t.
+    Inputs: ``x`` — (T, B, 3H) projected features ``x W_ih^T`` (no bias), or (T, B) int64
+    token ids with ``table`` = ``W_ih^T`` (V, 3H) (else None); ``h0`` (B, H); ``weight_hh``
+    (3H, H); ``bias_ih``, ``bias_hh`` (3H,); ``reset_after`` (bool).
+    Outputs: the state after every step (T, B, H) and the final state (B, H).
     """
 
     @staticmethod
-    def forward(ctx, xp, h0, weight_hh, bias_ih, bias_hh, reset_after):
-        hs, gates, extra = torch.ops.grulm_cpu.forward(
-            xp, h0, weight_hh, bias_ih, bias_hh, reset_after
+    def forward(ctx, x, table, h0, weight_hh, bias_ih, bias_hh, reset_after):
+        out, h_T, gates, extra = torch.ops.grulm_cpu.forward(
+            x, table, h0, weight_hh, bias_ih, bias_hh, reset_after
         )
-        ctx.save_for_backward(hs, gates, extra, weight_hh)
+        ctx.save_for_backward(x, table, h0, out, gates, extra, weight_hh)
         ctx.reset_after = reset_after
-        return hs
+        return out, h_T
 
     @staticmethod
-    def backward(ctx, grad_hs):
-        hs, gates, extra, weight_hh = ctx.saved_tensors
-        d_xp, d_h0, d_weight_hh, d_bias_ih, d_bias_hh = torch.ops.grulm_cpu.backward(
-            grad_hs, hs, gates, extra, weight_hh, ctx.reset_after
+    def backward(ctx, grad_out, grad_h_T):
+        x, table, h0, out, gates, extra, weight_hh = ctx.saved_tensors
+        d_x, d_h0, d_weight_hh, d_bias_ih, d_bias_hh = torch.ops.grulm_cpu.backward(
+            grad_out, grad_h_T, x, table, h0, out, gates, extra, weight_hh, ctx.reset_after
         )
-        return d_xp, d_h0, d_weight_hh, d_bias_ih, d_bias_hh, None
+        if table is None:
+            return d_x, None, d_h0, d_weight_hh, d_bias_ih, d_bias_hh, None
+        return None, d_x, d_h0, d_weight_hh, d_bias_ih, d_bias_hh, None
 
 
 def gru_layer(
@@ -187,8 +191,9 @@ def gru_layer(
     """
     load()
     if x.dtype == torch.int64:
-        xp = torch.nn.functional.embedding(x.T, weight_ih.T.contiguous())  # (T, B, 3H) gather
+        # One-hot input: the kernel gathers rows of W_ih^T by token id, step by step.
+        x, table = x.T, weight_ih.T.contiguous()  # (T, B), (V, 3H)
     else:
-        xp = torch.nn.functional.linear(x.transpose(0, 1), weight_ih)  # (T, B, 3H)
-    hs = FusedGRULayer.apply(xp, h0, weight_hh, bias_ih, bias_hh, reset_after)  # (T+1, B, H)
-    return hs[1:].transpose(0, 1), hs[-1]
+        x, table = torch.nn.functional.linear(x.transpose(0, 1), weight_ih), None  # (T, B, 3H)
+    out, h_T = FusedGRULayer.apply(x, table, h0, weight_hh, bias_ih, bias_hh, reset_after)
+    return out.transpose(0, 1), h_T
