@@ -1,5 +1,6 @@
 """The training loop: seed semantics, the textbook's trajectory, repeatability, bad configs."""
 
+import math
 import random
 
 import pytest
@@ -11,7 +12,15 @@ from grulm.data.prepare import load_prepared
 from grulm.data.sources import resolve_source
 from grulm.errors import ConfigError
 from grulm.model import GRULM, GRUConfig
-from grulm.train import TrainConfig, clip_gradients, fit
+from grulm.train import (
+    Hooks,
+    Progress,
+    TrainConfig,
+    TrainingDiverged,
+    clip_gradients,
+    fit,
+    training_splits,
+)
 
 
 @pytest.fixture
@@ -94,3 +103,127 @@ def test_clip_gradients_is_the_seeds_grad_clipping():
 def test_bad_training_config_is_refused(field, value):
     with pytest.raises(ConfigError, match=field):
         TrainConfig(**{field: value})
+
+
+# --- splits, budgets, guard rails, exact resume ---------------------------------------------
+
+
+def test_seed_split_trains_on_the_first_10000_and_validates_on_the_last_tenth(seed_ids):
+    from grulm.data.prepare import load_prepared
+    from grulm.data.sources import resolve_source
+
+    ids = load_prepared(resolve_source("timemachine").path, cleaning="d2l", token="char").ids
+    splits = training_splits(ids, max_tokens=10_000)
+    assert splits.ranges["train"] == (0, 10_000)
+    val_start, val_stop = splits.ranges["val"]
+    assert val_stop == len(ids) and val_start == len(ids) - math.ceil(0.1 * len(ids))
+    assert torch.equal(splits.train, ids[:10_000])  # the seed's training data, unchanged
+    assert torch.equal(splits.val, ids[val_start:])
+
+
+def test_fraction_splits_are_contiguous_and_disjoint():
+    ids = torch.arange(1000)
+    splits = training_splits(ids, fractions=[0.8, 0.1, 0.1])
+    assert splits.ranges == {"train": (0, 800), "val": (800, 900), "test": (900, 1000)}
+    # No training window reaches a held-out token: batches only see the train slice.
+    rng = random.Random(0)
+    for _ in range(5):
+        for X, Y in epoch_batches(splits.train, 4, 10, rng):
+            assert int(X.max()) < 800 and int(Y.max()) < 800
+    truncated = training_splits(ids, max_tokens=300, fractions=[0.8, 0.2])
+    assert truncated.ranges == {"train": (0, 300), "val": (800, 1000)}
+    assert torch.equal(truncated.train, ids[:300])
+
+
+def _tiny_run(ids, **overrides):
+    config = TrainConfig(**{"epochs": 3, "batch_size": 4, "num_steps": 10, "seed": 5,
+                            **overrides})
+    torch.manual_seed(config.seed)
+    model = GRULM(GRUConfig(28, 16, num_layers=2, input_kind="embedding", dropout=0.3,
+                            backend="reference"))
+    return model, config, lambda rng: epoch_batches(ids, 4, 10, rng, config.partition)
+
+
+def test_max_steps_stops_mid_epoch(seed_ids):
+    ids, _ = seed_ids
+    model, config, make_batches = _tiny_run(ids[:1000], max_steps=30)
+    progress = Progress.start(config.seed)
+    history = fit(model, make_batches, config, progress=progress)
+    assert progress.stop_reason == "max_steps" and progress.step == 30
+    assert len(history) == 1 and progress.batch == 30 - len(make_batches(random.Random(0)))
+
+
+def test_early_stopping_counts_validations_without_improvement(seed_ids):
+    ids, _ = seed_ids
+    # lr so large that validation gets no better after the first epoch.
+    model, config, make_batches = _tiny_run(ids[:1000], epochs=50, lr=50.0, early_stop=2)
+    progress = Progress.start(config.seed)
+    fit(model, make_batches, config, val_ids=ids[1000:1500], progress=progress)
+    assert progress.stop_reason == "early_stop"
+    assert progress.epoch == progress.best_epoch + 2 < 50
+    best = min(s.val_loss for s in progress.history)
+    assert progress.best_val_loss == best
+
+
+def test_a_nan_loss_stops_training_with_a_clear_message(seed_ids):
+    ids, _ = seed_ids
+    model, config, make_batches = _tiny_run(ids[:1000])
+
+    class Poison(Hooks):
+        def on_step(self, progress, stats):
+            if progress.step == 7:
+                with torch.no_grad():
+                    model.head.bias.fill_(float("nan"))
+
+    with pytest.raises(TrainingDiverged, match="nan.*epoch 1"):
+        fit(model, make_batches, config, hooks=Poison())
+
+
+@pytest.mark.parametrize("partition, optimizer, schedule", [
+    ("sequential", "adamw", "cosine"), ("random", "adam", "step"), ("sequential", "sgd",
+                                                                     "plateau")])
+def test_stop_save_load_resume_gives_the_same_losses(seed_ids, tmp_path, partition, optimizer,
+                                                     schedule):
+    """4 epochs straight == stop mid-epoch 2 + checkpoint on disk + resume: every epoch's
+    training and validation loss bit for bit (dropout, data order, state, optimiser, schedule)."""
+    from grulm.checkpoint import load_checkpoint, save_checkpoint
+    from grulm.optim import Schedule
+    from grulm.resume import restore_training_state, training_state
+    from grulm.train import build_optimizer
+
+    ids, vocab = seed_ids
+    overrides = dict(epochs=4, partition=partition, optimizer=optimizer, schedule=schedule,
+                     lr=0.01 if optimizer != "sgd" else 1.0, warmup_steps=5, step_size=20)
+    train, val = ids[:1000], ids[1000:1400]
+
+    model, config, make_batches = _tiny_run(train, **overrides)
+    straight = fit(model, make_batches, config, val_ids=val)
+
+    model, config, make_batches = _tiny_run(train, **overrides)
+
+    class StopAt(Hooks):
+        def should_stop(self):
+            return "test" if progress.step == 37 else None
+
+    progress = Progress.start(config.seed)
+    optimizer_ = build_optimizer(model, config)
+    schedule_ = Schedule(config.schedule_config(), config.lr)
+    fit(model, make_batches, config, val_ids=val, progress=progress, optimizer=optimizer_,
+        schedule=schedule_, hooks=StopAt())
+    assert progress.stop_reason == "test" and progress.epoch == 1 and progress.batch > 0
+    state, tensors = training_state(model, optimizer_, schedule_, progress)
+    save_checkpoint(tmp_path, model, vocab, {"training_state": state}, tensors)
+
+    torch.manual_seed(1234)  # whatever the RNGs did since must not matter
+    checkpoint = load_checkpoint(tmp_path)
+    resumed_model = GRULM(model.config)
+    resumed_model.load_state_dict(checkpoint.model.state_dict())
+    optimizer_ = build_optimizer(resumed_model, config)
+    schedule_ = Schedule(config.schedule_config(), config.lr)
+    progress = restore_training_state(checkpoint, optimizer_, schedule_, torch.device("cpu"))
+    resumed = fit(resumed_model, make_batches, config, val_ids=val, progress=progress,
+                  optimizer=optimizer_, schedule=schedule_)
+
+    assert [s.loss for s in resumed] == [s.loss for s in straight]
+    assert [s.val_loss for s in resumed] == [s.val_loss for s in straight]
+    assert [s.lr for s in resumed] == [s.lr for s in straight]

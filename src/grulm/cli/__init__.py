@@ -15,7 +15,7 @@ from grulm import __version__
 from grulm.errors import GrulmError
 
 # Subcommand modules, in the order `grulm --help` lists them.
-SUBCOMMANDS = ["train", "generate", "info", "bench"]
+SUBCOMMANDS = ["train", "eval", "generate", "info", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,116 @@
+"""``grulm eval``: perplexity, nats and bits per token of a checkpoint on held-out text."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from grulm.checkpoint import load_checkpoint
+from grulm.data.corpus import load_corpus
+from grulm.data.sources import resolve_source
+from grulm.data.splits import SPLIT_NAMES
+from grulm.data.text import text_to_tokens
+from grulm.errors import ConfigError, DataError
+from grulm.evaluate import evaluate
+from grulm.train import training_splits
+
+SPLITS = (*SPLIT_NAMES, "all")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint on held-out text",
+        description="Score every next-token prediction of a split with the hidden state "
+        "carried through it; print perplexity, loss in nats per token and bits per token. By "
+        "default the split is the validation split of the text the model was trained on, cut "
+        "exactly as training cut it.",
+    )
+    parser.add_argument("checkpoint", type=Path,
+                        help="a checkpoint directory (a run directory or its best/)")
+    parser.add_argument("--data", help="another corpus or text file, tokenized with the "
+                        "checkpoint's vocabulary and cleaning [the training data]")
+    parser.add_argument("--split", choices=SPLITS, default=None,
+                        help="which part: val, test, train, or all of the text [val; all with "
+                        "--data]")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="parallel streams the text is cut into")
+    parser.add_argument("--num-steps", type=int, default=35,
+                        help="tokens per forward call (the state is carried between them)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.checkpoint, map_location=_device(args.device))
+    data = checkpoint.meta.get("data") or {}
+    if args.data is None:
+        ids, what = _training_split(checkpoint, data, args.split or "val")
+    else:
+        ids, what = _other_text(checkpoint, data, args.data, args.split or "all")
+    result = evaluate(checkpoint.model, ids, args.batch_size, args.num_steps)
+    unit = data.get("token", "char")
+    if args.json:
+        print(json.dumps({"checkpoint": str(checkpoint.directory), "data": what,
+                          **result.to_dict()}))
+        return 0
+    print(f"{what}: {result.tokens:,} predictions")
+    print(f"perplexity {result.perplexity:.4f}, {result.loss:.4f} nats/{unit}, "
+          f"{result.bits_per_token:.4f} bits/{unit}")
+    return 0
+
+
+def _training_split(checkpoint, data: dict, split: str):
+    """The split of the training corpus, cut exactly as `grulm train` cut it."""
+    if "source" not in data:
+        raise DataError(f"{checkpoint.directory} does not say what data it was trained on; "
+                        "pass --data")
+    corpus = load_corpus(data["source"], cleaning=data["cleaning"], token=data["token"],
+                         min_freq=data.get("min_freq", 0))
+    if corpus.sha256 != data.get("sha256"):
+        print(f"grulm eval: warning: {data['source']} is not the file the model was trained "
+              "on (its SHA-256 differs)", file=sys.stderr)
+    if corpus.vocab.idx_to_token != checkpoint.vocab.idx_to_token:
+        raise DataError(f"{data['source']} now gives a different vocabulary than the "
+                        "checkpoint's; evaluate it with --data and --split all")
+    if split == "all":
+        return corpus.ids, f"{data['source']} (all)"
+    splits = training_splits(corpus.ids, data.get("max_tokens", 0), data.get("split_fractions"))
+    start, stop = splits.ranges.get(split, (0, 0))
+    return splits.get(split), f"{data['source']} {split} split (tokens {start:,}–{stop:,})"
+
+
+def _other_text(checkpoint, data: dict, source: str, split: str):
+    """Another text, cleaned and tokenized as the training data, ids from the checkpoint."""
+    if split != "all":
+        raise ConfigError("with --data the whole text is evaluated; drop --split or use "
+                          "--split all")
+    path = resolve_source(source).path
+    raw = data.get("cleaning", "raw") == "raw"
+    try:  # d2l cleaning keeps ASCII letters only, so any other byte may be replaced
+        text = path.read_bytes().decode("utf-8", errors="strict" if raw else "replace")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 (byte offset {error.start}); the model was "
+                        "trained on raw UTF-8 text") from None
+    tokens = text_to_tokens(text, data.get("cleaning", "raw"), data.get("token", "char"))
+    ids = torch.tensor(checkpoint.vocab[tokens], dtype=torch.int64)
+    unknown = int((ids == 0).sum())
+    if unknown:
+        print(f"grulm eval: warning: {unknown:,} of {len(ids):,} tokens are not in the "
+              "model's vocabulary and count as <unk>", file=sys.stderr)
+    return ids, f"{source} (all)"
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA GPU")
+    return device

@@ -1,0 +1,73 @@
+"""Training recipes: complete settings for `grulm train --preset NAME`.
+
+A preset fixes the data, model and training settings; any flag given explicitly overrides
+the preset's value. ``d2l`` is the seed experiment exactly (the default). ``shakespeare`` is
+a character model of tinyshakespeare chosen by measurement on a 2-core CPU for a budget of
+a few minutes (see ``benchmarks/quality.py`` and the README for the numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One recipe.
+
+    Attributes:
+        name: what ``--preset`` takes.
+        description: one line for ``--help``.
+        data: ``data``, ``cleaning``, ``token``, ``min_freq``, ``max_tokens``,
+            ``split_fractions`` (None: train on the first ``max_tokens``, validate on the
+            last 10 %, the seed's split).
+        model: :class:`grulm.model.GRUConfig` fields (all but ``vocab_size``).
+        train: :class:`grulm.train.TrainConfig` fields.
+        run: output settings (``checkpoint_every_epochs``, ``log_every_steps``,
+            ``sample_prefixes``).
+    """
+
+    name: str
+    description: str
+    data: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> dict[str, Any]:
+        """All of the preset's values in one flat mapping (keys are the CLI's dest names)."""
+        return {**self.data, **self.model, **self.train, **self.run}
+
+
+PRESETS: dict[str, Preset] = {
+    "d2l": Preset(
+        name="d2l",
+        description="the seed experiment of d2l §9.1: The Time Machine, first 10,000 "
+        "characters, 1×256 reset-before GRU, one-hot input, SGD lr 1, 500 epochs",
+        data={"data": "timemachine", "cleaning": "d2l", "token": "char", "min_freq": 0,
+              "max_tokens": 10_000, "split_fractions": None},
+        model={"hidden_size": 256, "num_layers": 1, "variant": "reset_before",
+               "input_kind": "onehot", "embedding_size": None, "dropout": 0.0, "init": "d2l"},
+        train={"epochs": 500, "batch_size": 32, "num_steps": 35, "lr": 1.0, "clip": 1.0,
+               "partition": "sequential", "optimizer": "sgd", "schedule": "constant"},
+        run={"checkpoint_every_epochs": 50, "log_every_steps": 0,
+             "sample_prefixes": ["time traveller", "traveller"]},
+    ),
+    "shakespeare": Preset(
+        name="shakespeare",
+        description="tinyshakespeare (raw characters, 90/10 split): embedding input, "
+        "2×384 reset-after GRU, dropout 0.1, AdamW with cosine decay to the budget",
+        data={"data": "tinyshakespeare", "cleaning": "raw", "token": "char", "min_freq": 0,
+              "max_tokens": 0, "split_fractions": [0.9, 0.1]},
+        model={"hidden_size": 384, "num_layers": 2, "variant": "reset_after",
+               "input_kind": "embedding", "embedding_size": 64, "dropout": 0.1,
+               "init": "torch"},
+        train={"epochs": 20, "batch_size": 32, "num_steps": 128, "lr": 3e-3, "clip": 1.0,
+               "partition": "sequential", "optimizer": "adamw", "weight_decay": 0.01,
+               "beta2": 0.99, "schedule": "cosine", "warmup_steps": 50,
+               "min_lr_ratio": 0.05},
+        run={"checkpoint_every_epochs": 1, "log_every_steps": 50,
+             "sample_prefixes": ["ROMEO:", "KING HENRY"]},
+    ),
+}

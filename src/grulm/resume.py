@@ -1,0 +1,110 @@
+"""Training state in checkpoints: what `grulm train --resume` needs to continue exactly.
+
+A training checkpoint is an ordinary :mod:`grulm.checkpoint` directory whose JSON also holds
+``training_state`` (the :class:`~grulm.train.Progress` scalars, the optimiser's parameter
+groups and non-tensor entries, the schedule's state) and whose tensors file also holds:
+
+=====================  ===============================================================
+``state.optim.<i>.<k>``  optimiser state of parameter i (moments, step counts)
+``state.hidden``         the carried hidden state (L, B, H), when stopped mid-epoch
+``state.loss_sum``       the unfinished epoch's summed loss (float64)
+``state.torch_rng``      ``torch.get_rng_state()`` (dropout draws from it)
+``state.cuda_rng.<d>``   each CUDA device's generator state, when CUDA is in use
+=====================  ===============================================================
+
+The data RNG's state is in the JSON (Python's Mersenne Twister, 625 integers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from grulm.checkpoint import Checkpoint
+from grulm.data.vocab import Vocab
+from grulm.errors import CheckpointError
+from grulm.model import GRULM
+from grulm.optim import Schedule, load_optimizer_state, optimizer_state
+from grulm.train import Progress
+
+
+def training_state(
+    model: GRULM, optimizer: torch.optim.Optimizer, schedule: Schedule, progress: Progress
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The JSON (``meta["training_state"]``) and the tensors that resume a run."""
+    optim_tensors, optim_json = optimizer_state(optimizer)
+    tensors = {f"optim.{k}": v for k, v in optim_tensors.items()}
+    tensors["torch_rng"] = torch.get_rng_state()
+    if model.head.weight.device.type == "cuda":
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_rng.{index}"] = state
+    if progress.hidden is not None:
+        tensors["hidden"] = progress.hidden
+    if progress.loss_sum is not None:
+        tensors["loss_sum"] = progress.loss_sum
+    state = {"progress": progress.to_json(), "optimizer": optim_json,
+             "schedule": schedule.state_dict()}
+    return state, tensors
+
+
+def restore_training_state(
+    checkpoint: Checkpoint, optimizer: torch.optim.Optimizer, schedule: Schedule,
+    device: torch.device,
+) -> Progress:  # fmt: skip
+    """Load the optimiser and schedule states and the RNGs; return the saved progress.
+
+    Raises:
+        CheckpointError: the checkpoint has no training state (e.g. a ``best/`` copy) or
+            it does not fit.
+    """
+    state = checkpoint.meta.get("training_state")
+    if state is None:
+        raise CheckpointError(
+            f"{checkpoint.directory} holds a model but no training state to resume from; "
+            "pass the run directory `grulm train --out` wrote (not its best/ copy)"
+        )
+    tensors = checkpoint.state_tensors
+    try:
+        optim = {k.removeprefix("optim."): v.to(device) for k, v in tensors.items()
+                 if k.startswith("optim.")}
+        load_optimizer_state(optimizer, optim, state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(tensors["torch_rng"])
+        cuda = sorted(k for k in tensors if k.startswith("cuda_rng."))
+        if cuda and device.type == "cuda":
+            torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+        hidden = tensors.get("hidden")
+        loss_sum = tensors.get("loss_sum")
+        return Progress.from_json(
+            state["progress"],
+            hidden=None if hidden is None else hidden.to(device),
+            loss_sum=None if loss_sum is None else loss_sum.to(device),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{checkpoint.directory}: the training state is incomplete or damaged ({error!r}); "
+            "start a new run without --resume"
+        ) from None
+
+
+def differences(what: str, saved: Mapping[str, Any], now: Mapping[str, Any],
+                ignore: tuple[str, ...] = ()) -> list[str]:  # fmt: skip
+    """One line per key whose value differs: ``what.key: X in the checkpoint, Y now``."""
+    keys = [k for k in dict.fromkeys([*saved, *now]) if k not in ignore]
+    return [f"{what}.{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
+            for k in keys if saved.get(k) != now.get(k)]
+
+
+def vocab_differences(saved: Vocab, now: Vocab) -> list[str]:
+    """Empty if the vocabularies are equal, else one line saying where they first differ."""
+    a, b = saved.idx_to_token, now.idx_to_token
+    if a == b:
+        return []
+    pairs = enumerate(zip(a, b, strict=False))
+    first = next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
+    return [f"vocabulary: {len(a)} tokens in the checkpoint, {len(b)} now; first difference "
+            f"at id {first}: {a[first] if first < len(a) else None!r} vs "
+            f"{b[first] if first < len(b) else None!r}"]
