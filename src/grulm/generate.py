@@ -48,7 +48,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from grulm import step_kernel
 from grulm.data.text import check_text_options, text_to_tokens
@@ -213,7 +212,6 @@ class GRUStepDecoder:
         self.reset_after = config.variant == "reset_after"
         G = 3 * H if self.reset_after else 2 * H  # recurrent inputs computed from h ahead
         self.gates_width = G
-        head_weight, head_bias = model.head.weight.detach(), model.head.bias.detach()
         cpu_float = state.device.type == "cpu" and state.dtype in (torch.float32, torch.float64)
         if impl not in self.IMPLS:
             raise ConfigError(f"impl must be one of {', '.join(self.IMPLS)}; got {impl!r}")
@@ -222,37 +220,55 @@ class GRUStepDecoder:
         if impl == "c" and step_kernel.unavailable():
             raise ConfigError(step_kernel.unavailable())
         use_numpy = impl in ("c", "numpy") or (impl == "auto" and cpu_float)
-        self.xp = np if use_numpy else torch
-        convert = (lambda t: t.contiguous().numpy()) if use_numpy else (lambda t: t.contiguous())
+        xp = self.xp = np if use_numpy else torch
+        # The preparation runs in xp too: dozens of tiny torch calls would cost milliseconds.
+        if use_numpy:
 
-        def input_bias(b_ih: Tensor, b_hh: Tensor) -> Tensor:  # (3H,) added to x W_ih^T
+            def array(t: Tensor):  # a view of the tensor
+                return t.detach().numpy()
+
+            def own(a):  # a contiguous copy to write to
+                return np.array(a, order="C")
+
+            contiguous = np.ascontiguousarray
+        else:
+
+            def array(t: Tensor):
+                return t.detach()
+
+            def own(a):
+                return a.clone(memory_format=torch.contiguous_format)
+
+            def contiguous(a):
+                return a.contiguous()
+
+        def input_bias(b_ih, b_hh):  # (3H,) added to x W_ih^T
             if self.reset_after:
                 return b_ih  # b_hh rides with h W_hh^T: the candidate needs R ⊙ (h W_hn + b_hn)
-            return b_ih + torch.cat([torch.zeros_like(b_hh[: 2 * H]), b_hh[2 * H :]])
+            return xp.concatenate([b_ih[: 2 * H], b_ih[2 * H :] + b_hh[2 * H :]])
 
-        with torch.no_grad():
-            params = [tuple(p.detach() for p in model.gru.layer(k)) for k in range(len(state))]
-            W_ih0, _, b_ih0, b_hh0 = params[0]
-            if model.embedding is None:
-                table = W_ih0.T + input_bias(b_ih0, b_hh0)  # (V, 3H): the one-hot product
+        params = [[array(p) for p in model.gru.layer(k)] for k in range(len(state))]
+        W_ih0, _, b_ih0, b_hh0 = params[0]
+        if model.embedding is None:
+            table = W_ih0.T + input_bias(b_ih0, b_hh0)  # (V, 3H): the one-hot product
+        else:
+            table = array(model.embedding.weight) @ W_ih0.T + input_bias(b_ih0, b_hh0)
+        table[:, : 2 * H] *= -1  # −(x W_i + b) for r and z
+        self.table = contiguous(table)
+        self.layers = []
+        for k, (_, W_hh, _, b_hh) in enumerate(params):
+            if k + 1 < len(params):
+                W_next, _, b_ih_next, b_hh_next = params[k + 1]
+                b_next = input_bias(b_ih_next, b_hh_next)
             else:
-                table = F.linear(model.embedding.weight.detach(), W_ih0, input_bias(b_ih0, b_hh0))
-            table[:, : 2 * H] *= -1  # −(x W_i + b) for r and z
-            self.table = convert(table)
-            self.layers = []
-            for k, (_, W_hh, _, b_hh) in enumerate(params):
-                if k + 1 < len(params):
-                    W_next, _, b_ih_next, b_hh_next = params[k + 1]
-                    b_next = input_bias(b_ih_next, b_hh_next)
-                else:
-                    W_next, b_next = head_weight, head_bias
-                W_out = torch.cat([W_hh[:G], W_next]).T.clone()  # (H, G + 3H) or (H, G + V)
-                b_out = torch.cat([b_hh[:G], b_next])  # reset-before: b_hn is in the input bias
-                for columns in [slice(0, 2 * H)] + [slice(G, G + 2 * H)] * (k + 1 < len(params)):
-                    W_out[:, columns] *= -1  # r and z negated: this layer's, the next one's
-                    b_out[columns] *= -1
-                W_hn = None if self.reset_after else convert(W_hh[2 * H :].T)  # (H, H)
-                self.layers.append((convert(W_out), convert(b_out), W_hn))
+                W_next, b_next = array(model.head.weight), array(model.head.bias)
+            W_out = contiguous(xp.concatenate([W_hh[:G], W_next]).T)  # (H, G + 3H) or (H, G + V)
+            b_out = xp.concatenate([b_hh[:G], b_next])  # reset-before: b_hn is in the input bias
+            for columns in [slice(0, 2 * H)] + [slice(G, G + 2 * H)] * (k + 1 < len(params)):
+                W_out[:, columns] *= -1  # r and z negated: this layer's, the next one's
+                b_out[columns] *= -1
+            W_hn = None if self.reset_after else contiguous(W_hh[2 * H :].T)  # (H, H)
+            self.layers.append((W_out, b_out, W_hn))
         self.device = state.device
         if use_numpy:
             self.one = self.table.dtype.type(1)  # a NumPy scalar: no conversion per call
@@ -260,7 +276,7 @@ class GRUStepDecoder:
         else:
             self.one = 1.0
             self.gather = lambda tokens: self.table.index_select(0, tokens)
-        self.h = [convert(h.clone()) for h in state.unbind(0)]  # L × (N, H)
+        self.h = [own(array(h)) for h in state.unbind(0)]  # L × (N, H), updated in place
         self.recurrent = [
             (h @ W_out[:, :G]) + b_out[:G]
             for h, (W_out, b_out, _) in zip(self.h, self.layers, strict=True)
