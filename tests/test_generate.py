@@ -564,11 +564,15 @@ def trained():
     return model.double().eval(), vocab
 
 
-def test_one_pass_warm_up_gives_the_seeds_per_character_state(trained):
+@pytest.mark.parametrize("fast", [True, False], ids=["kernel-or-forward", "forward"])
+def test_one_pass_warm_up_gives_the_seeds_per_character_state(trained, fast):
+    """Both one-pass warm-ups: one call into the C step (where it builds), ``model.forward``."""
     model, vocab = trained
     prefix = "time traveller said the time machine"
     ids = vocab[list(prefix)]
-    decoder, logits = warm_up(model, ids)
+    decoder, logits = warm_up(model, ids, fast=fast)
+    if fast and not step_kernel.unavailable():
+        assert decoder.impl == "c"
 
     net = textbook.gru_model(len(vocab), 64)
     net.params = textbook.from_grulm(model)

@@ -5,7 +5,8 @@ Every function here is pure: no printing, no files, and randomness only through 
 
 1. **Warm-up.** The prefix is tokenised, mapped to ids (tokens outside the vocabulary become
    ``<unk>`` with one :class:`OutOfVocabularyWarning` naming them) and run through the model in
-   ONE forward pass from the zero state. The final state equals the seed's (d2l
+   ONE pass from the zero state: one ``forward`` call over the whole prefix, or one call into
+   the C step kernel (:func:`warm_up`). The final state equals the seed's (d2l
    ``predict_ch8``) one-token-at-a-time warm-up, and the logits at the last position are the
    seed's first prediction.
 2. **Decoding.** One token per step. For a :class:`~grulm.model.GRULM` a lean single-step
@@ -212,14 +213,8 @@ class GRUStepDecoder:
         self.reset_after = config.variant == "reset_after"
         G = 3 * H if self.reset_after else 2 * H  # recurrent inputs computed from h ahead
         self.gates_width = G
-        cpu_float = state.device.type == "cpu" and state.dtype in (torch.float32, torch.float64)
-        if impl not in self.IMPLS:
-            raise ConfigError(f"impl must be one of {', '.join(self.IMPLS)}; got {impl!r}")
-        if impl in ("c", "numpy") and not cpu_float:
-            raise ConfigError(f"impl {impl!r} needs a float32/float64 model on the CPU")
-        if impl == "c" and step_kernel.unavailable():
-            raise ConfigError(step_kernel.unavailable())
-        use_numpy = impl in ("c", "numpy") or (impl == "auto" and cpu_float)
+        impl = self.resolve(impl, state)
+        use_numpy = impl in ("c", "numpy")
         xp = self.xp = np if use_numpy else torch
         # The preparation runs in xp too: dozens of tiny torch calls would cost milliseconds.
         if use_numpy:
@@ -281,14 +276,33 @@ class GRUStepDecoder:
             (h @ W_out[:, :G]) + b_out[:G]
             for h, (W_out, b_out, _) in zip(self.h, self.layers, strict=True)
         ]  # L × (N, G): h W_hh^T (+ b_hh) for the gates of the coming step
-        self.kernel = (
-            step_kernel.library() if impl == "c" or (impl == "auto" and cpu_float) else None
-        )
+        self.kernel = step_kernel.library() if impl == "c" else None
         if self.kernel is not None:
             suffix = "f32" if self.table.dtype == np.float32 else "f64"
             self.kernel_step = getattr(self.kernel, f"grulm_step_{suffix}")
             self.kernel_greedy = getattr(self.kernel, f"grulm_greedy_{suffix}")
+            self.kernel_prefill = getattr(self.kernel, f"grulm_prefill_{suffix}")
             self._bind()
+
+    @classmethod
+    def resolve(cls, impl: str, like: Tensor) -> str:
+        """The path ``impl`` means for tensors like ``like`` (a parameter or the state).
+
+        Raises:
+            ConfigError: an unknown ``impl``, or one that cannot run here (with the reason).
+        """
+        cpu_float = like.device.type == "cpu" and like.dtype in (torch.float32, torch.float64)
+        if impl not in cls.IMPLS:
+            raise ConfigError(f"impl must be one of {', '.join(cls.IMPLS)}; got {impl!r}")
+        if impl in ("c", "numpy") and not cpu_float:
+            raise ConfigError(f"impl {impl!r} needs a float32/float64 model on the CPU")
+        if impl == "c" and step_kernel.unavailable():
+            raise ConfigError(step_kernel.unavailable())
+        if impl == "auto":
+            if not cpu_float:
+                return "torch"
+            return "numpy" if step_kernel.unavailable() else "c"
+        return impl
 
     def _bind(self) -> None:
         """Point the C ``Stack`` at the current arrays (after construction and every reorder)."""
@@ -358,6 +372,15 @@ class GRUStepDecoder:
             self.h[k], self.recurrent[k], x = h, out[:, :G], out[:, G:]
         return x  # (N, V)
 
+    def prefill(self, ids: Sequence[int]):
+        """C path only: feed the prefix ``ids`` to the one sequence in ONE call into the kernel
+        (its steps run in C, back to back); return the next-token logits (1, V)."""
+        tokens = np.asarray(ids, dtype=np.int64)
+        self.kernel_prefill(
+            self.stack_address, tokens.ctypes.data, len(tokens), self.logits.ctypes.data
+        )
+        return self.logits.copy()
+
     def greedy(self, tokens, steps: int):
         """Feed ``tokens`` (N,), then ``steps`` times feed back the argmax; return (N, steps)."""
         if self.kernel is None:
@@ -400,7 +423,13 @@ def _greedy_steps(decoder, tokens, steps: int):
 
 
 def warm_up(model: nn.Module, ids: Sequence[int], *, fast: bool = True):
-    """Run the prefix through the model in one forward pass from the zero state.
+    """Run the prefix through the model in one pass from the zero state.
+
+    The pass is ONE call over the whole prefix, never one Python call per token: the model's
+    ``forward`` over (1, T) ids, or, where the C step runs a GRULM (a CPU, float32/float64),
+    one call into the kernel, whose steps run back to back in C; that keeps single-stream
+    generation free of PyTorch's per-call costs and thread pool. Both end in the state of the
+    seed's one-token-at-a-time warm-up (tested).
 
     Args:
         model: a GRULM or any module with its call signature.
@@ -411,12 +440,15 @@ def warm_up(model: nn.Module, ids: Sequence[int], *, fast: bool = True):
         (decoder, logits) — a decoder holding the state after the prefix, batch 1, and the
         next-token logits (1, V) at the last prefix position, as a ``decoder.xp`` array.
     """
+    fast = fast and isinstance(model, GRULM)
+    if fast and GRUStepDecoder.resolve("auto", model.head.weight) == "c":
+        decoder = GRUStepDecoder(model, model.begin_state(1), impl="c")
+        return decoder, decoder.prefill(ids)
     device = _model_device(model)
     inputs = torch.tensor([list(ids)], dtype=torch.int64, device=device)  # (1, T)
     with torch.no_grad():
         logits, state = model(inputs, None)  # (1, T, V), (L, 1, H)
-    decoder_type = GRUStepDecoder if fast and isinstance(model, GRULM) else ModelStepDecoder
-    decoder = decoder_type(model, state)
+    decoder = GRUStepDecoder(model, state) if fast else ModelStepDecoder(model, state)
     return decoder, decoder.array(logits[:, -1])
 
 

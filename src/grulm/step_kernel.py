@@ -111,6 +111,9 @@ def _load() -> ctypes.CDLL | str:
         greedy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         greedy.argtypes += [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         greedy.restype = None
+        prefill = getattr(lib, f"grulm_prefill_{suffix}")
+        prefill.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+        prefill.restype = None
     return lib
 
 

@@ -89,6 +89,13 @@ typedef struct {
         }                                                                                       \
     }                                                                                           \
                                                                                                 \
+    /* The warm-up: feed tokens (count,) to one sequence (N = 1) in order; logits (V) after   \
+       the last. One call for the whole prefix instead of one per token. */                    \
+    void grulm_prefill_##SUFFIX(const Stack *s, const int64_t *tokens, int64_t count,          \
+                                T *logits) {                                                    \
+        for (int64_t t = 0; t < count; ++t) grulm_step_##SUFFIX(s, tokens + t, logits);        \
+    }                                                                                           \
+                                                                                                \
     /* Greedy decoding: feed tokens (N,), then steps times take the argmax (first maximum, as   \
        torch.argmax) and feed it back; out (N, steps) gets the chosen tokens. */                \
     void grulm_greedy_##SUFFIX(const Stack *s, const int64_t *tokens, int64_t steps,           \
