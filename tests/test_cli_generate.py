@@ -164,6 +164,11 @@ def prime_files(tmp_path):
         (["--prime-file", "{dir}/latin1.txt"], r"not UTF-8 text: byte 0xe9 at offset 3"),
         (["--prime-file", "{dir}/empty.txt"], "prefix is empty"),
         (["--device", "warp-drive"], "unknown --device"),
+        pytest.param(
+            ["--device", "cuda"],
+            "no such device",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
     ],
 )
 def test_bad_inputs_give_one_clear_line(d2l_checkpoint, prime_files, capsys, args, message):

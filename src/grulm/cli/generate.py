@@ -229,9 +229,17 @@ def _read_prime_file(path: Path) -> str:
 
 def _device(name: str) -> torch.device:
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown --device {name!r}; use cpu, cuda, cuda:1, mps …") from None
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if not available.get(device.type, False):
+        raise ConfigError(f"--device {name}: no such device on this machine; use --device cpu")
+    return device
 
 
 @contextmanager
