@@ -183,7 +183,7 @@ def test_failed_build_falls_back_to_reference_with_one_warning(tmp_path):
         print(cpu.unavailable())
         """
     )
-    env = {**os.environ, "GRULM_CACHE": str(tmp_path / "cache"), "CXX": "/nonexistent/c++"}
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "CXX": "/nonexistent/c++"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -191,7 +191,7 @@ def test_failed_build_falls_back_to_reference_with_one_warning(tmp_path):
     assert lines[0] == "['reference', 'reference', 'reference'] torch.Size([2, 4, 11]) 1"
     assert "backend 'cpu' is unavailable (could not build the C++ extension" in lines[1]
     assert lines[2].startswith("could not build the C++ extension")
-    assert not list((tmp_path / "cache" / "extensions").glob("*/grulm_cpu.so"))
+    assert not list((tmp_path / "ext").glob("*/grulm_cpu.so"))
 
 
 def test_named_cpu_backend_that_cannot_build_is_a_clear_error(tmp_path):
@@ -205,7 +205,7 @@ def test_named_cpu_backend_that_cannot_build_is_a_clear_error(tmp_path):
             print(error)
         """
     )
-    env = {**os.environ, "GRULM_CACHE": str(tmp_path / "cache"), "CXX": "/nonexistent/c++"}
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "CXX": "/nonexistent/c++"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr

@@ -10,14 +10,18 @@ on a CPU (see ``csrc/gru_cpu.cpp``):
   (reset-before: ``h W_hrz^T``, then ``(R ⊙ h) W_hn^T``), each followed by ONE fused
   elementwise pass that writes the gates, the saved activations and the next state;
 - backward is a custom :class:`torch.autograd.Function` that walks the steps in reverse with
-  two GEMMs per step for ``dh`` and forms ``dW_hh`` and the bias gradients once, over all T·B
-  rows, after the loop.
+  one GEMM per step for ``dh`` (two for reset-before) and forms ``dW_hh`` and the bias
+  gradients once, over all T·B rows, after the loop;
+- the time loop runs inside one OpenMP team: each thread owns a slice of the hidden units (its
+  rows of ``W_hh`` stay in its core's cache), runs single-threaded GEMMs and the elementwise
+  pass for them, and the threads meet at one barrier per step (two for reset-before). Layers
+  too small to pay for barriers run on one thread.
 
-The extension is compiled just in time, once per source/torch version, into
-``$GRULM_CACHE/extensions`` (``torch.utils.cpp_extension`` with ninja), and later processes
-load the cached library directly (tens of milliseconds). Where it cannot be built (no
-compiler, no ninja, a failing build) :func:`unavailable` says why and ``backend='auto'``
-falls back to the next backend with one warning.
+The extension is compiled just in time, once per source/torch version/flags, by
+``torch.utils.cpp_extension`` with ninja (about 25–45 s on two cores), into PyTorch's extension
+directory (see :func:`build_dir`); later processes load the cached library directly (~30 ms).
+Where it cannot be built (no compiler, no ninja, a failing build) :func:`unavailable` says why
+and ``backend='auto'`` falls back to the next backend with one warning.
 """
 
 from __future__ import annotations
@@ -48,14 +52,21 @@ def _compile_flags() -> list[str]:
 
 
 def build_dir() -> Path:
-    """Where the compiled library for this source, torch version and flag set lives."""
-    from grulm.data.sources import cache_dir
+    """Where the compiled library for this source, torch version and flag set lives.
 
+    Beside PyTorch's own just-in-time extensions: ``$TORCH_EXTENSIONS_DIR``, else
+    ``$XDG_CACHE_HOME/torch_extensions`` (``~/.cache/torch_extensions``). Not under
+    ``$GRULM_CACHE``, so that runs with a fresh data cache (tests, sandboxes) reuse the build.
+    """
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if not root:
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root = Path(cache) / "torch_extensions"
     key = hashlib.sha1()
     key.update(SOURCE.read_bytes())
     key.update(f"{torch.__version__} {torch.version.git_version}".encode())
     key.update(" ".join([platform.machine(), *_compile_flags()]).encode())
-    return cache_dir() / "extensions" / f"{LIBRARY_NAME}-{key.hexdigest()[:16]}"
+    return Path(root).expanduser() / f"{LIBRARY_NAME}-{key.hexdigest()[:16]}"
 
 
 def _build(target: Path) -> None:
