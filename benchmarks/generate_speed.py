@@ -13,8 +13,9 @@ converted exactly to the textbook's parameters for the seed):
 
 Each row is the median of ``--repeats`` timed runs after one untimed warm-up run; each run
 generates ``--num-chars`` characters after the prefix "time traveller" (warm-up included, as a
-user sees it). Prints a table, the machine's load average while measuring (other processes
-share the cores), and one JSON line.
+user sees it). The repeats go round-robin over all rows, so that a change in the load from
+other processes on the machine hits every row alike. Prints a table, the load average while
+measuring, and one JSON line.
 
     python benchmarks/generate_speed.py
     python benchmarks/generate_speed.py --hidden-size 512 --num-chars 2000 --threads 1
@@ -40,20 +41,23 @@ PREFIX = "time traveller"
 TOKENS = ["<unk>", " ", *"etaoinsrhdlumwcfgypbvkxjqz"]
 
 
-def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up: first calls, caches, lazy initialisation
-    times = []
+def median_seconds(cases: dict, repeats: int) -> dict[str, float]:
+    """The median seconds of each case, timing them round-robin after one untimed run each."""
+    for run in cases.values():
+        run()  # warm-up: first calls, caches, lazy initialisation
+    times = {name: [] for name in cases}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, run in cases.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden-size", type=int, default=256)
-    parser.add_argument("--num-chars", type=int, default=500)
+    parser.add_argument("--num-chars", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args(argv)
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     assert len(greedy_texts) == 1, greedy_texts
 
     load_before = os.getloadavg()[0]
-    seconds = {name: median_seconds(run, args.repeats) for name, run in cases.items()}
+    seconds = median_seconds(cases, args.repeats)
     load_after = os.getloadavg()[0]
 
     baseline = seconds["seed predict_ch8"]
