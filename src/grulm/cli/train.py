@@ -449,10 +449,13 @@ class RunHooks(Hooks):
                         "val_perplexity": None if val is None else _exp(val),
                         "stop_reason": reason, "seconds": progress.seconds})
         if reason != "epochs":
-            why = {"max_steps": f"--max-steps {self.config.max_steps} reached",
-                   "max_time": f"--max-time {self.config.max_time:g} s used",
-                   "early_stop": f"no better validation for {self.config.early_stop} "
-                                 "evaluations (early stopping)"}[reason]
+            if reason == "max_steps":
+                why = f"--max-steps {self.config.max_steps} reached"
+            elif reason == "max_time":
+                why = f"--max-time {self.config.max_time:g} s used"
+            else:
+                why = (f"no better validation for {self.config.early_stop} evaluations "
+                       "(early stopping)")
             epoch = progress.epoch + (progress.batch > 0)
             print(f"grulm train: stopped in epoch {epoch}, step {progress.step}: {why}",
                   file=sys.stderr)
