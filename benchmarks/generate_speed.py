@@ -7,7 +7,8 @@ converted exactly to the textbook's parameters for the seed):
   the from-scratch model per character, autograd on, as d2l runs it) — the baseline;
 - ``seed loop, no_grad``: the same under ``torch.no_grad()``, the fairest form of it;
 - ``GRULM.forward per char``: :func:`grulm.generate.generate` with ``fast=False``, stepping the
-  model's ``forward`` one character at a time;
+  model's ``forward`` one character at a time (last, because a multi-threaded backend can
+  leave its thread pool spinning for a while and slow whatever runs next);
 - ``grulm greedy`` / ``grulm sample`` / ``grulm sample top-k/top-p`` / ``grulm stream``: the
   library as users call it (one-pass warm-up, then the lean step decoder).
 
@@ -84,12 +85,12 @@ def main(argv: list[str] | None = None) -> dict:
     cases = {
         "seed predict_ch8": lambda: textbook.predict(PREFIX, n, net, vocab, "cpu"),
         "seed loop, no_grad": seed_no_grad,
-        "GRULM.forward per char": lambda: generate(model, vocab, PREFIX, max_new=n, fast=False)[0],
         "grulm greedy": lambda: predict(model, vocab, PREFIX, n),
         "grulm stream greedy": lambda: PREFIX + "".join(stream(model, vocab, PREFIX, max_new=n)),
         "grulm sample": sample,
         "grulm sample top-k 5": lambda: sample(top_k=5),
         "grulm sample top-p 0.9": lambda: sample(top_p=0.9),
+        "GRULM.forward per char": lambda: generate(model, vocab, PREFIX, max_new=n, fast=False)[0],
     }
     # The same greedy text from every greedy path, or the comparison means nothing.
     greedy_texts = {cases[name]() for name in cases if "sample" not in name}
