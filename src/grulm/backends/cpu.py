@@ -167,6 +167,7 @@ class FusedGRULayer(torch.autograd.Function):
         return out, h_T
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, grad_h_T):
         x, table, h0, out, gates, extra, weight_hh = ctx.saved_tensors
         d_x, d_h0, d_weight_hh, d_bias_ih, d_bias_hh = torch.ops.grulm_cpu.backward(
