@@ -22,6 +22,16 @@ TINY = ["--hidden-size", "16", "--batch-size", "4", "--num-steps", "10", "--back
         "--no-tensorboard"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a busy machine several threads per
+    process spin against each other (the textbook trajectory takes 6 s instead of minutes)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def small_text(shared_data, tmp_path):
     path = tmp_path / "small.txt"

@@ -11,6 +11,16 @@ from grulm.evaluate import EvalResult, evaluate
 from grulm.model import GRULM, GRUConfig
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a busy machine several threads per
+    process spin against each other (the textbook trajectory takes 6 s instead of minutes)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("num_steps", [5, 7, 1000])  # 7 does not divide the stream length
 def test_evaluation_equals_one_pass_over_each_stream(num_steps):
     """Windows with the state carried score exactly what one long forward pass over the B

@@ -16,6 +16,16 @@ from grulm.optim import (
 )
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a busy machine several threads per
+    process spin against each other (the textbook trajectory takes 6 s instead of minutes)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def test_constant_with_warmup():
     schedule = Schedule(ScheduleConfig("constant", warmup_steps=4), lr=2.0)
     assert [schedule.lr(step) for step in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]

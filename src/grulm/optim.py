@@ -151,12 +151,14 @@ class Schedule:
             self.scale *= self.config.factor
             self.bad_evaluations = 0
 
-    def state_dict(self) -> dict[str, float]:
-        return {"scale": self.scale, "best": self.best, "bad_evaluations": self.bad_evaluations}
+    def state_dict(self) -> dict[str, float | None]:
+        """JSON-ready; ``best`` is None until a validation loss is observed."""
+        best = self.best if math.isfinite(self.best) else None
+        return {"scale": self.scale, "best": best, "bad_evaluations": self.bad_evaluations}
 
-    def load_state_dict(self, state: Mapping[str, float]) -> None:
+    def load_state_dict(self, state: Mapping[str, float | None]) -> None:
         self.scale = float(state["scale"])
-        self.best = float(state["best"])
+        self.best = math.inf if state["best"] is None else float(state["best"])
         self.bad_evaluations = int(state["bad_evaluations"])
 
 

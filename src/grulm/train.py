@@ -258,6 +258,8 @@ class Progress:
         data = {f.name: getattr(self, f.name) for f in fields(self)
                 if f.name not in ("hidden", "loss_sum", "history")}
         data["history"] = [s.to_dict() for s in self.history]
+        data["best_val_loss"] = _finite_or_none(self.best_val_loss)  # strict JSON: no Infinity
+        data["lr"] = _finite_or_none(self.lr)
         return data
 
     @classmethod
@@ -265,7 +267,17 @@ class Progress:
                   loss_sum: Tensor | None) -> Progress:  # fmt: skip
         data = dict(data)
         history = [EpochStats(**s) for s in data.pop("history")]
+        data["best_val_loss"] = _none_to(data["best_val_loss"], math.inf)
+        data["lr"] = _none_to(data["lr"], math.nan)
         return cls(**data, history=history, hidden=hidden, loss_sum=loss_sum)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _none_to(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 class Hooks:
