@@ -139,7 +139,7 @@ def test_an_unwritable_output_directory(tmp_path, run_grulm):
 
 
 @pytest.mark.parametrize("fractions, message", [
-    ("0.99,0.01", "the val split has"),  # too short for one batch
+    ("0.999,0.001", "the val split has 3 tokens, too few to evaluate in 4 streams"),
     ("0.5,0.0001", "the val split (fraction 0.0001"),  # empty
     ("0.9,0", "split fractions must be > 0"),
     ("0.9,0.2", "sum to at most 1"),

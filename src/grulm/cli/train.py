@@ -28,10 +28,11 @@ from tqdm import tqdm
 
 from grulm import backends
 from grulm.checkpoint import load_checkpoint, save_checkpoint
-from grulm.data.batches import epoch_batches
+from grulm.data.batches import check_batchable, epoch_batches
 from grulm.data.corpus import Corpus, load_corpus
+from grulm.data.splits import Splits
 from grulm.data.text import CLEANINGS, TOKENS
-from grulm.errors import ConfigError
+from grulm.errors import ConfigError, DataError
 from grulm.evaluate import evaluate
 from grulm.generate import predict
 from grulm.metrics_log import MetricsLog
@@ -241,8 +242,7 @@ def run(args: argparse.Namespace) -> int:
                          token=settings["token"], min_freq=settings["min_freq"],
                          progress=not args.no_progress)
     splits = training_splits(corpus.ids, settings["max_tokens"], settings["split_fractions"])
-    splits.check_batchable(train_config.batch_size, train_config.num_steps,
-                           train_config.partition)
+    _check_splits(splits, train_config)
     data_meta = {**corpus.describe(), "max_tokens": settings["max_tokens"],
                  "split_fractions": settings["split_fractions"],
                  "ranges": {k: list(v) for k, v in splits.ranges.items()}}
@@ -521,6 +521,22 @@ def _refuse_differences(checkpoint, model_config: GRUConfig, corpus: Corpus, dat
             "--early-stop, --eval-every, --backend and output flags may change), or start a "
             "new run with another --out"
         )
+
+
+def _check_splits(splits: Splits, config: TrainConfig) -> None:
+    """Training needs one batch whatever the offset; a held-out split needs one token per
+    evaluation stream plus one (it is read in ``batch_size`` streams, state carried)."""
+    check_batchable(splits.train, config.batch_size, config.num_steps, config.partition,
+                    what="the train split")
+    for name in ("val", "test"):
+        split = getattr(splits, name)
+        if split is not None and len(split) < config.batch_size + 1:
+            raise DataError(
+                f"the {name} split has {len(split)} tokens, too few to evaluate in "
+                f"{config.batch_size} streams: it needs at least {config.batch_size + 1} "
+                "(batch size + 1); give it a larger fraction, use more text, or a smaller "
+                "--batch-size"
+            )
 
 
 def _check_budget_left(progress: Progress, config: TrainConfig) -> None:
