@@ -350,8 +350,9 @@ class RunHooks(Hooks):
         self.bar.set_postfix(postfix)
         sample_every = self.args.sample_every
         if sample_every and stats.epoch % sample_every == 0:
-            self.bar.write(f"epoch {stats.epoch}: {self.sample(self.prefixes[0])}",
-                           file=sys.stderr)
+            val = "" if stats.val_loss is None else f", val ppl {stats.val_perplexity:.2f}"
+            self.bar.write(f"epoch {stats.epoch} (train ppl {stats.perplexity:.2f}{val}): "
+                           f"{self.sample(self.prefixes[0])}", file=sys.stderr)
         if progress.best_epoch == stats.epoch:
             self.save_best(progress)
         every = self.settings["checkpoint_every_epochs"]
