@@ -32,7 +32,7 @@ from grulm.data.batches import check_batchable, epoch_batches
 from grulm.data.corpus import Corpus, load_corpus
 from grulm.data.splits import Splits
 from grulm.data.text import CLEANINGS, TOKENS
-from grulm.errors import ConfigError, DataError
+from grulm.errors import CheckpointError, ConfigError, DataError
 from grulm.evaluate import evaluate
 from grulm.generate import predict
 from grulm.metrics_log import MetricsLog
@@ -497,10 +497,16 @@ def _saved_settings(checkpoint) -> dict[str, Any] | None:
         return None
     meta = checkpoint.meta
     data = meta["data"]
+    if "training_state" not in meta:
+        raise CheckpointError(
+            f"{checkpoint.directory} holds a model but no training state to resume from; "
+            "pass the run directory `grulm train --out` wrote (not its best/ copy)"
+        )
     return {
-        "data": data["source"], **{k: data[k] for k in DATA_KEYS if k != "data"},
+        "data": data["source"], **{k: data.get(k) for k in DATA_KEYS if k != "data"},
         **{k: v for k, v in checkpoint.model.config.to_dict().items() if k != "vocab_size"},
-        **meta["train"], **RUN_DEFAULTS, **meta.get("run", {}), "preset": meta.get("preset"),
+        **TrainConfig().to_dict(), **meta["train"], **RUN_DEFAULTS, **meta.get("run", {}),
+        "preset": meta.get("preset"),
     }
 
 
