@@ -77,7 +77,7 @@ def add_parser(subparsers) -> None:
         help="train a model (no flags: the seed experiment)",
         description="Train a GRU language model, validating on held-out text, and save "
         "checkpoints. With no flags this is the seed experiment of d2l §9.1: The Time "
-        "Machine (first 10,000 characters, letters only; validation on the last 10%% of the "
+        "Machine (first 10,000 characters, letters only; validation on the last 10% of the "
         "book), 1 layer of 256, reset-before GRU, SGD lr 1, clipping 1, batch 32 × 35 steps, "
         "500 epochs. Unset flags take the preset's value (or, with --resume, the run's).",
         epilog=f"presets — {presets}",
