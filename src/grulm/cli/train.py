@@ -34,7 +34,7 @@ from grulm.data.splits import Splits
 from grulm.data.text import CLEANINGS, TOKENS
 from grulm.errors import CheckpointError, ConfigError, DataError
 from grulm.evaluate import evaluate
-from grulm.generate import predict
+from grulm.generate import TextFormat, predict
 from grulm.metrics_log import MetricsLog
 from grulm.model import GRULM, INITS, INPUT_KINDS, VARIANTS, GRUConfig
 from grulm.optim import IMPLEMENTATIONS, OPTIMIZERS, SCHEDULES, Schedule
@@ -371,7 +371,8 @@ class RunHooks(Hooks):
     def sample(self, prefix: str) -> str:
         was_training = self.model.training
         self.model.eval()
-        text = predict(self.model, self.corpus.vocab, prefix, 50)
+        text_format = TextFormat(token=self.settings["token"], cleaning=self.settings["cleaning"])
+        text = predict(self.model, self.corpus.vocab, prefix, 50, text_format)
         self.model.train(was_training)
         return text
 
