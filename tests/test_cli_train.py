@@ -19,7 +19,7 @@ SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").r
 # nn.GRU needs no compiled extension; one thread avoids oversubscribing a busy machine.
 TINY = ["--hidden-size", "16", "--batch-size", "4", "--num-steps", "10", "--backend", "torch",
         "--variant", "reset_after", "--threads", "1", "--no-progress", "--sample-every", "0",
-        "--no-tensorboard"]
+        "--no-tensorboard", "--eval-every", "1"]
 
 
 @pytest.fixture(autouse=True)
