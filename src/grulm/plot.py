@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,8 @@ def save_perplexity_plot(
 ) -> Path:
     """Plot perplexity per epoch, one line per curve (e.g. ``{"train": [...], "val": [...]}``).
 
+    ``values[i]`` belongs to epoch ``i + 1``; NaN marks an epoch without a value (validation
+    every k epochs), and the line joins the epochs that have one.
     The file is written under a temporary name and renamed, so a reader never sees half a PNG.
     """
     import matplotlib
@@ -22,7 +25,9 @@ def save_perplexity_plot(
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for label, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, label=label)
+        points = [(epoch, v) for epoch, v in enumerate(values, start=1) if math.isfinite(v)]
+        ax.plot([e for e, _ in points], [v for _, v in points], label=label,
+                marker="." if len(points) < len(values) else None)
     ax.set_xlabel("epoch")
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")

@@ -310,7 +310,8 @@ class RunHooks(Hooks):
         if config.max_steps is not None:
             total = min(total, config.max_steps)
         self.bar = tqdm(total=total, initial=resume_step or 0, unit="step",
-                        disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
+                        disable=args.no_progress or not sys.stderr.isatty(), file=sys.stderr,
+                        dynamic_ncols=True)
         self.window_start, self.window_tokens = time.perf_counter(), 0
         self.saved_step: int | None = resume_step
 
