@@ -170,7 +170,7 @@ def train_epoch(net, train_iter, loss, updater, device, use_random_iter):
             l.backward()
             grad_clipping(net, 1)
             updater(batch_size=1)
-        loss_sum += float(l) * y.numel()
+        loss_sum += l.item() * y.numel()
         num_tokens += y.numel()
     return math.exp(loss_sum / num_tokens), num_tokens / (time.perf_counter() - start)
 

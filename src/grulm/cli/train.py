@@ -243,6 +243,11 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     splits = training_splits(corpus.ids, settings["max_tokens"], settings["split_fractions"])
     _check_splits(splits, train_config)
+    if settings["data"] != SEED_DATA and settings["sample_prefixes"] == RUN_DEFAULTS[
+            "sample_prefixes"]:
+        # "time traveller" means nothing to another text: prime samples with its opening.
+        opening = splits.train[: 16 if settings["token"] == "char" else 3]
+        settings["sample_prefixes"] = [corpus.decode(opening)]
     data_meta = {**corpus.describe(), "max_tokens": settings["max_tokens"],
                  "split_fractions": settings["split_fractions"],
                  "ranges": {k: list(v) for k, v in splits.ranges.items()}}
