@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
@@ -37,3 +38,13 @@ def run_grulm():
     """``run_grulm(*args, env=, input=, timeout=, cwd=)``: run the real ``grulm`` command with
     this interpreter in a subprocess and return the ``CompletedProcess`` (text mode)."""
     return _run_grulm
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a busy machine several threads per
+    process spin against each other (the textbook trajectory takes 6 s instead of minutes)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

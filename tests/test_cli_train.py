@@ -22,14 +22,7 @@ TINY = ["--hidden-size", "16", "--batch-size", "4", "--num-steps", "10", "--back
         "--no-tensorboard", "--eval-every", "1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a busy machine several threads per
-    process spin against each other (the textbook trajectory takes 6 s instead of minutes)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

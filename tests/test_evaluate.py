@@ -10,15 +10,7 @@ from grulm.errors import DataError
 from grulm.evaluate import EvalResult, evaluate
 from grulm.model import GRULM, GRUConfig
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a busy machine several threads per
-    process spin against each other (the textbook trajectory takes 6 s instead of minutes)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("num_steps", [5, 7, 1000])  # 7 does not divide the stream length

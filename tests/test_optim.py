@@ -15,15 +15,7 @@ from grulm.optim import (
     optimizer_state,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these models are tiny, and on a busy machine several threads per
-    process spin against each other (the textbook trajectory takes 6 s instead of minutes)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_constant_with_warmup():
