@@ -7,18 +7,20 @@
 // input of the W_hn product), h W_hn^T + b_hn for reset-after (what R multiplies). Parameters
 // use torch.nn.GRU's layout: weight_hh (3H, H), biases (3H,), gates ordered r, z, n.
 //
-// Threads. The whole time loop runs inside ONE OpenMP team (no fork/join per step). Thread k
-// owns a slice of hidden units [j0, j1): per step it computes the gate pre-activations of its
-// units with one single-threaded GEMM against its own rows of W_hh (packed contiguously, so they
-// stay in its core's cache), runs the fused elementwise pass for its units, and meets the other
-// threads at a barrier once the next state is complete. Reset-before needs all of R ⊙ h
-// before the W_hn product, hence a second GEMM and barrier per step. Backward mirrors this
-// (per step: dh of its units via one GEMM against its columns of W_hh, two for reset-before).
-// The weight gradients are single multi-threaded GEMMs over all T·B rows after the loop.
+// Threads. The sequences of a batch do not interact until the weight gradients, so the whole
+// time loop runs inside ONE OpenMP team in which thread k owns a block of batch rows [b0, b1)
+// and walks all T steps for them with no barrier at all. Per step it multiplies its rows of
+// the state by W_hh (packed once per call, see packed_matmul.h; every thread reads the same
+// packed copy, which fits a core's L2 for H = 256) and runs one fused elementwise pass over
+// them; reset-before needs R ⊙ h before the W_hn product, hence two products and two passes.
+// Backward mirrors this per row block. The weight gradients are multi-threaded GEMMs over all
+// T·B rows after the loop.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "packed_matmul.h"
 
 #include <omp.h>
 
@@ -29,7 +31,9 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <tuple>
+#include <vector>
 
 namespace {
 
@@ -57,34 +61,21 @@ inline float tanh_(float x) { return 1.0f - 2.0f / (1.0f + exp_approx(2.0f * x))
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
-// The hidden units [j0, j1) that thread k of n owns: near-equal slices, multiples of 16 wide.
-struct Slice {
-  int64_t j0, j1;
-  int64_t width() const { return j1 - j0; }
+// The batch rows [b0, b1) that thread k of n owns: near-equal blocks.
+struct Rows {
+  int64_t b0, b1;
+  int64_t count() const { return b1 - b0; }
 };
 
-inline Slice slice_of(int64_t H, int k, int n) {
-  const int64_t chunk = ((H + n - 1) / n + 15) / 16 * 16;
-  const int64_t j0 = std::min(H, k * chunk);
-  return {j0, std::min(H, j0 + chunk)};
-}
+inline Rows rows_of(int64_t B, int k, int n) { return {B * k / n, B * (k + 1) / n}; }
 
-// W_hh's rows of gates `gates` (a subset of r=0, z=1, n=2) for units [j0, j1), stacked:
-// (len(gates)·w, H). Thread k's GEMM reads only these rows.
-Tensor pack_rows(const Tensor& weight_hh, Slice s, std::initializer_list<int64_t> gates) {
-  const int64_t H = weight_hh.size(1);
-  std::vector<Tensor> parts;
-  for (int64_t g : gates) parts.push_back(weight_hh.narrow(0, g * H + s.j0, s.width()));
-  return at::cat(parts).contiguous();
-}
-
-// The thread team: PyTorch's thread count, but at most one thread per 16 hidden units and
-// per 2^18 multiply-adds of a step's recurrent GEMM (B·H·3H), so that every thread's share of
-// a step (≳ 10 µs) dwarfs the cost of meeting at a barrier. Small layers run on one thread.
-inline int team_size(int64_t B, int64_t H) {
-  const int64_t by_work = B * H * 3 * H >> 18;
+// The thread team: PyTorch's thread count, but at most one thread per batch row and per 2^20
+// multiply-adds of the call's recurrent products (T·B·3H·H), so that a thread's share dwarfs
+// the cost of starting the team. Small calls run on one thread.
+inline int team_size(int64_t T, int64_t B, int64_t H) {
+  const int64_t by_work = T * B * 3 * H * H >> 20;
   return static_cast<int>(
-      std::max<int64_t>(1, std::min({int64_t{at::get_num_threads()}, (H + 15) / 16, by_work})));
+      std::max<int64_t>(1, std::min({int64_t{at::get_num_threads()}, B, by_work})));
 }
 
 // Runs a thread's share of a step unless some thread has failed; records the first exception
@@ -113,9 +104,9 @@ class TeamErrors {
 };
 
 // Runs `body` on a team of n threads. Its barriers are orphaned directives: with n == 1 there
-// is no parallel region at all, so they do nothing and the GEMMs inside may use BLAS threads.
-// (Inside an active region BLAS runs single-threaded; inside a one-thread region it would
-// start nested teams of its own.)
+// is no parallel region at all, so they do nothing and the products inside may use BLAS
+// threads. (Inside an active region BLAS runs single-threaded; inside a one-thread region it
+// would start nested teams of its own.)
 template <typename F>
 void in_team(int n, const F& body) {
   if (n > 1) {
@@ -183,24 +174,23 @@ std::pair<Tensor, Tensor> check_step_input(const Tensor& x, const c10::optional<
 
 // ---- Forward ---------------------------------------------------------------------------------
 
-// Reset-after, units [j0, j1) of step t. g: this thread's (B, 3w) = h [W_r; W_z; W_n]^T.
+// Reset-after, rows [b0, b1) of step t. g: (rows, 3H) = h [W_r; W_z; W_n]^T for those rows.
 template <typename scalar_t>
-void forward_after_units(int64_t t, Slice s, const StepInput<scalar_t>& x,
-                         const scalar_t* __restrict__ g, const scalar_t* __restrict__ h,
-                         const scalar_t* __restrict__ b_rz, const scalar_t* __restrict__ b_in,
-                         const scalar_t* __restrict__ b_hn, scalar_t* __restrict__ gates,
-                         scalar_t* __restrict__ hn_out, scalar_t* __restrict__ h_next) {
-  const int64_t B = x.B, H = x.H, w = s.width();
-  for (int64_t b = 0; b < B; ++b) {
+void forward_after_rows(int64_t t, Rows rows, const StepInput<scalar_t>& x,
+                        const scalar_t* __restrict__ g, const scalar_t* __restrict__ h,
+                        const scalar_t* __restrict__ b_rz, const scalar_t* __restrict__ b_in,
+                        const scalar_t* __restrict__ b_hn, scalar_t* __restrict__ gates,
+                        scalar_t* __restrict__ hn_out, scalar_t* __restrict__ h_next) {
+  const int64_t H = x.H;
+  for (int64_t b = rows.b0; b < rows.b1; ++b) {
     const scalar_t* __restrict__ xb = x.row(t, b);
-    const scalar_t* __restrict__ gb = g + b * 3 * w;
+    const scalar_t* __restrict__ gb = g + (b - rows.b0) * 3 * H;
     scalar_t* __restrict__ out = gates + b * 3 * H;
 #pragma omp simd
-    for (int64_t i = 0; i < w; ++i) {
-      const int64_t j = s.j0 + i;
-      const scalar_t R = sigmoid(xb[j] + gb[i] + b_rz[j]);
-      const scalar_t Z = sigmoid(xb[H + j] + gb[w + i] + b_rz[H + j]);
-      const scalar_t hn = gb[2 * w + i] + b_hn[j];
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t R = sigmoid(xb[j] + gb[j] + b_rz[j]);
+      const scalar_t Z = sigmoid(xb[H + j] + gb[H + j] + b_rz[H + j]);
+      const scalar_t hn = gb[2 * H + j] + b_hn[j];
       const scalar_t N = tanh_(xb[2 * H + j] + b_in[j] + R * hn);
       out[j] = R;
       out[H + j] = Z;
@@ -211,47 +201,56 @@ void forward_after_units(int64_t t, Slice s, const StepInput<scalar_t>& x,
   }
 }
 
-// Reset-before, first half of step t: R, Z and R ⊙ h. g: this thread's (B, 2w) = h [W_r; W_z]^T.
+// Reset-before, first half of step t: R, Z and R ⊙ h. g: (rows, 2H) = h [W_r; W_z]^T.
 template <typename scalar_t>
-void forward_before_rz_units(int64_t t, Slice s, const StepInput<scalar_t>& x,
-                             const scalar_t* __restrict__ g, const scalar_t* __restrict__ h,
-                             const scalar_t* __restrict__ bias, scalar_t* __restrict__ gates,
-                             scalar_t* __restrict__ rh) {
-  const int64_t B = x.B, H = x.H, w = s.width();
-  for (int64_t b = 0; b < B; ++b) {
+void forward_before_rz_rows(int64_t t, Rows rows, const StepInput<scalar_t>& x,
+                            const scalar_t* __restrict__ g, const scalar_t* __restrict__ h,
+                            const scalar_t* __restrict__ bias, scalar_t* __restrict__ gates,
+                            scalar_t* __restrict__ rh) {
+  const int64_t H = x.H;
+  for (int64_t b = rows.b0; b < rows.b1; ++b) {
     const scalar_t* __restrict__ xb = x.row(t, b);
-    const scalar_t* __restrict__ gb = g + b * 2 * w;
+    const scalar_t* __restrict__ gb = g + (b - rows.b0) * 2 * H;
     scalar_t* __restrict__ out = gates + b * 3 * H;
 #pragma omp simd
-    for (int64_t i = 0; i < w; ++i) {
-      const int64_t j = s.j0 + i;
-      const scalar_t R = sigmoid(xb[j] + gb[i] + bias[j]);
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t R = sigmoid(xb[j] + gb[j] + bias[j]);
       out[j] = R;
-      out[H + j] = sigmoid(xb[H + j] + gb[w + i] + bias[H + j]);
+      out[H + j] = sigmoid(xb[H + j] + gb[H + j] + bias[H + j]);
       rh[b * H + j] = R * h[b * H + j];
     }
   }
 }
 
-// Reset-before, second half: H~ and the next state. g: this thread's (B, w) = (R ⊙ h) W_n^T.
+// Reset-before, second half: H~ and the next state. g: (rows, H) = (R ⊙ h) W_n^T.
 template <typename scalar_t>
-void forward_before_n_units(int64_t t, Slice s, const StepInput<scalar_t>& x,
-                            const scalar_t* __restrict__ g, const scalar_t* __restrict__ h,
-                            const scalar_t* __restrict__ bias, scalar_t* __restrict__ gates,
-                            scalar_t* __restrict__ h_next) {
-  const int64_t B = x.B, H = x.H, w = s.width();
-  for (int64_t b = 0; b < B; ++b) {
+void forward_before_n_rows(int64_t t, Rows rows, const StepInput<scalar_t>& x,
+                           const scalar_t* __restrict__ g, const scalar_t* __restrict__ h,
+                           const scalar_t* __restrict__ bias, scalar_t* __restrict__ gates,
+                           scalar_t* __restrict__ h_next) {
+  const int64_t H = x.H;
+  for (int64_t b = rows.b0; b < rows.b1; ++b) {
     const scalar_t* __restrict__ xb = x.row(t, b);
-    const scalar_t* __restrict__ gb = g + b * w;
+    const scalar_t* __restrict__ gb = g + (b - rows.b0) * H;
     scalar_t* __restrict__ out = gates + b * 3 * H;
 #pragma omp simd
-    for (int64_t i = 0; i < w; ++i) {
-      const int64_t j = s.j0 + i;
-      const scalar_t N = tanh_(xb[2 * H + j] + gb[i] + bias[2 * H + j]);
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t N = tanh_(xb[2 * H + j] + gb[j] + bias[2 * H + j]);
       out[2 * H + j] = N;
       h_next[b * H + j] = N + out[H + j] * (h[b * H + j] - N);
     }
   }
+}
+
+// Packs the right-hand sides with the whole team (panel by panel), then waits for all of them.
+template <typename scalar_t>
+void pack_together(grulm::PackedMatrix<scalar_t>& first,
+                   std::optional<grulm::PackedMatrix<scalar_t>>& second, TeamErrors& errors) {
+  errors.run([&] {
+    first.pack(omp_get_thread_num(), omp_get_num_threads());
+    if (second) second->pack(omp_get_thread_num(), omp_get_num_threads());
+  });
+#pragma omp barrier
 }
 
 // Forward over all T steps.
@@ -278,8 +277,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   auto out = at::empty({T, B, H}, opts);
   auto gates = at::empty({T, B, 3 * H}, opts);
   auto extra = at::empty({T, B, H}, opts);
+  // The step products' right-hand sides: W_hh^T whole (reset-after) or split at the n gate.
+  const int64_t K = reset_after ? 3 * H : 2 * H;  // columns of the first product
+  const Tensor w_first = weight_hh.narrow(0, 0, K).t();  // (H, K)
+  const Tensor w_n = weight_hh.narrow(0, 2 * H, H).t();  // (H, H), reset-before only
 
-  const int n = team_size(B, H);
+  const int n = team_size(T, B, H);
   const auto dtype = opts.dtype().toScalarType();
   TeamErrors errors;
 
@@ -291,53 +294,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     scalar_t* gates_ptr = gates.data_ptr<scalar_t>();
     scalar_t* extra_ptr = extra.data_ptr<scalar_t>();
+    const scalar_t* h0_ptr = h0.data_ptr<scalar_t>();
     const scalar_t* b_sum = bias_sum.data_ptr<scalar_t>();
     const scalar_t* b_in = bias_ih.data_ptr<scalar_t>() + 2 * H;
     const scalar_t* b_hn = bias_hh.data_ptr<scalar_t>() + 2 * H;
+    grulm::PackedMatrix<scalar_t> p_first(w_first);
+    std::optional<grulm::PackedMatrix<scalar_t>> p_n;
+    if (!reset_after) p_n.emplace(w_n);
     auto team = [&] {
       at::AutoDispatchBelowADInplaceOrView worker_below_autograd;
-      const Slice s = slice_of(H, omp_get_thread_num(), omp_get_num_threads());
-      const bool busy = s.width() > 0;
-      Tensor w_rzn, w_n, g_rz, g_n;  // this thread's rows of W_hh and its GEMM outputs
+      pack_together(p_first, p_n, errors);
+      const Rows rows = rows_of(B, omp_get_thread_num(), omp_get_num_threads());
+      if (rows.count() == 0) return;
       errors.run([&] {
-        if (!busy) return;
-        if (reset_after) {
-          w_rzn = pack_rows(weight_hh, s, {0, 1, 2});  // (3w, H)
-          g_rz = at::empty({B, 3 * s.width()}, opts);
-        } else {
-          w_rzn = pack_rows(weight_hh, s, {0, 1});  // (2w, H)
-          w_n = pack_rows(weight_hh, s, {2});  // (w, H)
-          g_rz = at::empty({B, 2 * s.width()}, opts);
-          g_n = at::empty({B, s.width()}, opts);
+        // This thread's products for its rows: (rows, K) and (rows, H).
+        std::vector<scalar_t> g(rows.count() * K), g_n(reset_after ? 0 : rows.count() * H);
+        for (int64_t t = 0; t < T; ++t) {
+          const scalar_t* h_t = t == 0 ? h0_ptr : out_ptr + (t - 1) * B * H;
+          scalar_t* h_next = out_ptr + t * B * H;
+          scalar_t* gates_t = gates_ptr + t * B * 3 * H;
+          scalar_t* extra_t = extra_ptr + t * B * H;
+          p_first.multiply(rows.count(), h_t + rows.b0 * H, H, g.data(), K, false);
+          if (reset_after) {
+            forward_after_rows(t, rows, input, g.data(), h_t, b_sum, b_in, b_hn, gates_t,
+                               extra_t, h_next);
+          } else {
+            forward_before_rz_rows(t, rows, input, g.data(), h_t, b_sum, gates_t, extra_t);
+            p_n->multiply(rows.count(), extra_t + rows.b0 * H, H, g_n.data(), H, false);
+            forward_before_n_rows(t, rows, input, g_n.data(), h_t, b_sum, gates_t, h_next);
+          }
         }
       });
-      for (int64_t t = 0; t < T; ++t) {
-        const Tensor h_prev = t == 0 ? h0 : out[t - 1];  // (B, H)
-        const scalar_t* h_t = h_prev.data_ptr<scalar_t>();
-        scalar_t* h_next = out_ptr + t * B * H;
-        scalar_t* gates_t = gates_ptr + t * B * 3 * H;
-        scalar_t* extra_t = extra_ptr + t * B * H;
-        if (reset_after) {
-          if (busy) errors.run([&] {
-            at::mm_out(g_rz, h_prev, w_rzn.t());  // (B, 3w)
-            forward_after_units(t, s, input, g_rz.data_ptr<scalar_t>(), h_t, b_sum, b_in, b_hn,
-                                gates_t, extra_t, h_next);
-          });
-        } else {
-          if (busy) errors.run([&] {
-            at::mm_out(g_rz, h_prev, w_rzn.t());  // (B, 2w)
-            forward_before_rz_units(t, s, input, g_rz.data_ptr<scalar_t>(), h_t, b_sum,
-                                    gates_t, extra_t);
-          });
-#pragma omp barrier
-          if (busy) errors.run([&] {
-            at::mm_out(g_n, extra[t], w_n.t());  // (B, w)
-            forward_before_n_units(t, s, input, g_n.data_ptr<scalar_t>(), h_t, b_sum, gates_t,
-                                   h_next);
-          });
-        }
-#pragma omp barrier
-      }
     };
     in_team(n, team);
   };
@@ -353,20 +340,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
 
 // ---- Backward --------------------------------------------------------------------------------
 
-// Reset-after, units [j0, j1) of step t. dh = dL/dh_{t+1} = grad_out + carry.
+// Reset-after, rows [b0, b1) of step t. dh = dL/dh_{t+1} = grad_out + carry.
 // Writes d_xp = [dR, dZ, dH~] pre-activation gradients, d_gh = [dR, dZ, dH~ ⊙ R] (what the
 // hidden products receive), and carry = dh ⊙ Z (h_t's direct path).
 template <typename scalar_t>
-void backward_after_units(int64_t B, int64_t H, Slice s, const scalar_t* __restrict__ gates,
-                          const scalar_t* __restrict__ hn, const scalar_t* __restrict__ h,
-                          const scalar_t* __restrict__ grad_out, scalar_t* __restrict__ carry,
-                          scalar_t* __restrict__ d_xp, scalar_t* __restrict__ d_gh) {
-  for (int64_t b = 0; b < B; ++b) {
+void backward_after_rows(Rows rows, int64_t H, const scalar_t* __restrict__ gates,
+                         const scalar_t* __restrict__ hn, const scalar_t* __restrict__ h,
+                         const scalar_t* __restrict__ grad_out, scalar_t* __restrict__ carry,
+                         scalar_t* __restrict__ d_xp, scalar_t* __restrict__ d_gh) {
+  for (int64_t b = rows.b0; b < rows.b1; ++b) {
     const scalar_t* __restrict__ g = gates + b * 3 * H;
     scalar_t* __restrict__ dx = d_xp + b * 3 * H;
     scalar_t* __restrict__ dgh = d_gh + b * 3 * H;
 #pragma omp simd
-    for (int64_t j = s.j0; j < s.j1; ++j) {
+    for (int64_t j = 0; j < H; ++j) {
       const scalar_t R = g[j], Z = g[H + j], N = g[2 * H + j];
       const scalar_t dh = grad_out[b * H + j] + carry[b * H + j];
       const scalar_t dN = dh * (1 - Z) * (1 - N * N);
@@ -385,13 +372,13 @@ void backward_after_units(int64_t B, int64_t H, Slice s, const scalar_t* __restr
 
 // Reset-before, first half of step t: dH~ pre-activation (needed for dL/d(R ⊙ h)).
 template <typename scalar_t>
-void backward_before_n_units(int64_t B, int64_t H, Slice s, const scalar_t* __restrict__ gates,
-                             const scalar_t* __restrict__ grad_out,
-                             const scalar_t* __restrict__ carry, scalar_t* __restrict__ d_xp) {
-  for (int64_t b = 0; b < B; ++b) {
+void backward_before_n_rows(Rows rows, int64_t H, const scalar_t* __restrict__ gates,
+                            const scalar_t* __restrict__ grad_out,
+                            const scalar_t* __restrict__ carry, scalar_t* __restrict__ d_xp) {
+  for (int64_t b = rows.b0; b < rows.b1; ++b) {
     const scalar_t* __restrict__ g = gates + b * 3 * H;
 #pragma omp simd
-    for (int64_t j = s.j0; j < s.j1; ++j) {
+    for (int64_t j = 0; j < H; ++j) {
       const scalar_t Z = g[H + j], N = g[2 * H + j];
       const scalar_t dh = grad_out[b * H + j] + carry[b * H + j];
       d_xp[b * 3 * H + 2 * H + j] = dh * (1 - Z) * (1 - N * N);
@@ -401,16 +388,16 @@ void backward_before_n_units(int64_t B, int64_t H, Slice s, const scalar_t* __re
 
 // Reset-before, second half: dR, dZ and carry = dh ⊙ Z + dL/d(R ⊙ h) ⊙ R.
 template <typename scalar_t>
-void backward_before_rz_units(int64_t B, int64_t H, Slice s, const scalar_t* __restrict__ gates,
-                              const scalar_t* __restrict__ h,
-                              const scalar_t* __restrict__ grad_out,
-                              const scalar_t* __restrict__ d_rh, scalar_t* __restrict__ carry,
-                              scalar_t* __restrict__ d_xp) {
-  for (int64_t b = 0; b < B; ++b) {
+void backward_before_rz_rows(Rows rows, int64_t H, const scalar_t* __restrict__ gates,
+                             const scalar_t* __restrict__ h,
+                             const scalar_t* __restrict__ grad_out,
+                             const scalar_t* __restrict__ d_rh, scalar_t* __restrict__ carry,
+                             scalar_t* __restrict__ d_xp) {
+  for (int64_t b = rows.b0; b < rows.b1; ++b) {
     const scalar_t* __restrict__ g = gates + b * 3 * H;
     scalar_t* __restrict__ dx = d_xp + b * 3 * H;
 #pragma omp simd
-    for (int64_t j = s.j0; j < s.j1; ++j) {
+    for (int64_t j = 0; j < H; ++j) {
       const scalar_t R = g[j], Z = g[H + j], N = g[2 * H + j];
       const scalar_t hj = h[b * H + j], drh = d_rh[b * H + j];
       const scalar_t dh = grad_out[b * H + j] + carry[b * H + j];
@@ -421,18 +408,17 @@ void backward_before_rz_units(int64_t B, int64_t H, Slice s, const scalar_t* __r
   }
 }
 
-// One-hot input: d_table[id] += d_xp row, for this thread's units of all three gates. Threads
-// own disjoint columns, so the scatter needs no atomics.
+// One-hot input: d_table[id] += d_xp row over all T·B rows, for the columns [c0, c1) of the
+// (V, 3H) table that this thread owns, so that no two threads write the same element.
 template <typename scalar_t>
-void scatter_table_units(int64_t B, int64_t H, Slice s, const int64_t* __restrict__ ids,
-                         const scalar_t* __restrict__ d_xp, scalar_t* __restrict__ d_table) {
-  for (int64_t b = 0; b < B; ++b) {
-    const scalar_t* __restrict__ dx = d_xp + b * 3 * H;
-    scalar_t* __restrict__ row = d_table + ids[b] * 3 * H;
-    for (int64_t gate = 0; gate < 3; ++gate) {
+void scatter_table_columns(int64_t rows, int64_t width, int64_t c0, int64_t c1,
+                           const int64_t* __restrict__ ids, const scalar_t* __restrict__ d_xp,
+                           scalar_t* __restrict__ d_table) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t* __restrict__ src = d_xp + r * width;
+    scalar_t* __restrict__ dst = d_table + ids[r] * width;
 #pragma omp simd
-      for (int64_t j = gate * H + s.j0; j < gate * H + s.j1; ++j) row[j] += dx[j];
-    }
+    for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
   }
 }
 
@@ -461,8 +447,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   auto d_table = token_ids ? at::zeros_like(table) : Tensor();
   auto d_rh = at::empty({B, H}, opts);  // reset-before: dL/d(R ⊙ h) of the current step
   auto carry = grad_h_T.to(h0.scalar_type()).contiguous().clone();  // dL/dh_t, direct paths
+  // dh_t = dG W: the rows of W_hh that multiply h itself, and (reset-before) those of W_hn.
+  const int64_t K = reset_after ? 3 * H : 2 * H;
+  const Tensor w_first = weight_hh.narrow(0, 0, K);  // (K, H)
+  const Tensor w_n = weight_hh.narrow(0, 2 * H, H);  // (H, H)
 
-  const int n = team_size(B, H);
+  const int n = team_size(T, B, H);
   const auto dtype = opts.dtype().toScalarType();
   TeamErrors errors;
 
@@ -473,58 +463,45 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const scalar_t* gates_ptr = gates.data_ptr<scalar_t>();
     const scalar_t* extra_ptr = extra.data_ptr<scalar_t>();
     const scalar_t* grad_ptr = grad_out.data_ptr<scalar_t>();
-    const int64_t* ids_ptr = token_ids ? x.data_ptr<int64_t>() : nullptr;
-    scalar_t* d_table_ptr = token_ids ? d_table.data_ptr<scalar_t>() : nullptr;
     scalar_t* d_xp_ptr = d_xp.data_ptr<scalar_t>();
     scalar_t* d_gh_ptr = d_gh.data_ptr<scalar_t>();
     scalar_t* carry_ptr = carry.data_ptr<scalar_t>();
     scalar_t* d_rh_ptr = d_rh.data_ptr<scalar_t>();
+    grulm::PackedMatrix<scalar_t> p_first(w_first);
+    std::optional<grulm::PackedMatrix<scalar_t>> p_n;
+    if (!reset_after) p_n.emplace(w_n);
     auto team = [&] {
       at::AutoDispatchBelowADInplaceOrView worker_below_autograd;
-      const Slice s = slice_of(H, omp_get_thread_num(), omp_get_num_threads());
-      const bool busy = s.width() > 0;
-      // Columns of W_hh for this thread's units: dh_t[:, j0:j1] = dG (B, ·) @ W[·, j0:j1].
-      Tensor w_cols, w_n_cols, carry_k, d_rh_k;
-      errors.run([&] {
-        if (!busy) return;
-        w_cols = weight_hh.narrow(0, 0, reset_after ? 3 * H : 2 * H).narrow(1, s.j0, s.width());
-        w_n_cols = weight_hh.narrow(0, 2 * H, H).narrow(1, s.j0, s.width());
-        carry_k = carry.narrow(1, s.j0, s.width());
-        d_rh_k = d_rh.narrow(1, s.j0, s.width());
+      pack_together(p_first, p_n, errors);
+      const Rows rows = rows_of(B, omp_get_thread_num(), omp_get_num_threads());
+      if (rows.count() > 0) errors.run([&] {
+        const int64_t b0 = rows.b0, m = rows.count();
+        for (int64_t t = T - 1; t >= 0; --t) {
+          const scalar_t* h_t = t == 0 ? h0_ptr : out_ptr + (t - 1) * B * H;
+          const scalar_t* gates_t = gates_ptr + t * B * 3 * H;
+          const scalar_t* grad_t = grad_ptr + t * B * H;
+          scalar_t* d_xp_t = d_xp_ptr + t * B * 3 * H;
+          if (reset_after) {
+            scalar_t* d_gh_t = d_gh_ptr + t * B * 3 * H;
+            backward_after_rows(rows, H, gates_t, extra_ptr + t * B * H, h_t, grad_t,
+                                carry_ptr, d_xp_t, d_gh_t);
+            p_first.multiply(m, d_gh_t + b0 * 3 * H, 3 * H, carry_ptr + b0 * H, H, true);
+          } else {
+            backward_before_n_rows(rows, H, gates_t, grad_t, carry_ptr, d_xp_t);
+            p_n->multiply(m, d_xp_t + b0 * 3 * H + 2 * H, 3 * H, d_rh_ptr + b0 * H, H, false);
+            backward_before_rz_rows(rows, H, gates_t, h_t, grad_t, d_rh_ptr, carry_ptr, d_xp_t);
+            p_first.multiply(m, d_xp_t + b0 * 3 * H, 3 * H, carry_ptr + b0 * H, H, true);
+          }
+        }
       });
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const scalar_t* h_t = t == 0 ? h0_ptr : out_ptr + (t - 1) * B * H;
-        const scalar_t* gates_t = gates_ptr + t * B * 3 * H;
-        const scalar_t* extra_t = extra_ptr + t * B * H;
-        const scalar_t* grad_t = grad_ptr + t * B * H;
-        scalar_t* d_xp_t = d_xp_ptr + t * B * 3 * H;
-        if (reset_after) {
-          if (busy) errors.run([&] {
-            backward_after_units(B, H, s, gates_t, extra_t, h_t, grad_t, carry_ptr, d_xp_t,
-                                 d_gh_ptr + t * B * 3 * H);
-          });
+      if (token_ids) {
+        // Every row of d_xp is final once all threads are through the loop.
 #pragma omp barrier
-          if (busy) errors.run([&] { at::addmm_out(carry_k, carry_k, d_gh[t], w_cols); });
-        } else {
-          if (busy) errors.run([&] {
-            backward_before_n_units(B, H, s, gates_t, grad_t, carry_ptr, d_xp_t);
-          });
-#pragma omp barrier
-          if (busy) errors.run([&] {
-            at::mm_out(d_rh_k, d_xp[t].narrow(1, 2 * H, H), w_n_cols);
-            backward_before_rz_units(B, H, s, gates_t, h_t, grad_t, d_rh_ptr, carry_ptr,
-                                     d_xp_t);
-          });
-#pragma omp barrier
-          if (busy) errors.run([&] {
-            at::addmm_out(carry_k, carry_k, d_xp[t].narrow(1, 0, 2 * H), w_cols);
-          });
-        }
-        if (busy && token_ids) {
-          scatter_table_units(B, H, s, ids_ptr + t * B, d_xp_t, d_table_ptr);
-        }
-        // No barrier here: the next step's elementwise pass reads and writes only this
-        // thread's units, and writes another time slice than the GEMMs may still be reading.
+        errors.run([&] {
+          const int k = omp_get_thread_num(), parts = omp_get_num_threads();
+          scatter_table_columns(T * B, 3 * H, 3 * H * k / parts, 3 * H * (k + 1) / parts,
+                                x.data_ptr<int64_t>(), d_xp_ptr, d_table.data_ptr<scalar_t>());
+        });
       }
     };
     in_team(n, team);
@@ -540,7 +517,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   // step 0 is h0 and before step t > 0 is out[t-1], so the first step's rows go separately.
   const Tensor dG = d_xp.view({T * B, 3 * H});
   const Tensor dGh = d_gh.view({T * B, 3 * H});
-  const int64_t K = reset_after ? 3 * H : 2 * H;  // rows of W_hh that multiply h itself
   auto d_weight_hh = at::empty({3 * H, H}, opts);
   Tensor d_w_h = d_weight_hh.narrow(0, 0, K);
   at::mm_out(d_w_h, dGh.narrow(0, 0, B).narrow(1, 0, K).t(), h0);
