@@ -1,5 +1,6 @@
 """The fused ``cpu`` backend against the reference backend: outputs, states, every gradient."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import textwrap
 import pytest
 import torch
 
+from grulm import backends
 from grulm.backends import cpu, reference
 from grulm.errors import ConfigError
 from grulm.model import GRULM, GRUConfig
@@ -107,6 +109,28 @@ def test_thread_teams_agree(variant, threads, dtype):
     tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {
         "rtol": 1e-12, "atol": 1e-13}
     _assert_same(actual, expected, **tolerance)
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (1, 3)])
+def test_embedding_folds_into_layer0_only_when_the_vocabulary_is_smaller(shape, monkeypatch):
+    """With V ≤ B·T tokens the cpu backend gets the ids and W_ih E^T (3H, V) as one-hot input;
+    otherwise the embedded features. Either way: the reference's outputs and gradients."""
+    calls = []
+    fast_backend = backends.BACKENDS["cpu"]
+
+    def spy(x, *args, **kwargs):
+        calls.append((x.dtype, args[1].shape))
+        return fast_backend.gru_layer(x, *args, **kwargs)
+
+    monkeypatch.setitem(backends.BACKENDS, "cpu", dataclasses.replace(fast_backend, gru_layer=spy))
+    ref, fast = _models(torch.float32, input_kind="embedding", num_layers=2, embedding_size=5)
+    X = torch.randint(0, V, shape, generator=torch.Generator().manual_seed(4))
+    h0 = torch.randn(2, shape[0], H, generator=torch.Generator().manual_seed(5))
+    _assert_same(_forward_and_grads(fast, X, h0), _forward_and_grads(ref, X, h0),
+                 rtol=1e-4, atol=1e-5)
+    folded = V <= X.numel()
+    assert calls[0] == ((torch.int64, (3 * H, V)) if folded else (torch.float32, (3 * H, 5)))
+    assert calls[1] == (torch.float32, (3 * H, H))
 
 
 def test_d2l_init_parity_at_the_seed_shape():

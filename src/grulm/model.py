@@ -201,13 +201,23 @@ class GRULM(nn.Module):
         """
         if state is None:
             state = self.begin_state(inputs.shape[0], inputs.device)
-        gru_layer = self.backend(inputs.device).gru_layer
+        backend = self.backend(inputs.device)
         reset_after = self.config.variant == "reset_after"
-        x = inputs if self.embedding is None else self.embedding(inputs)  # (B, T) or (B, T, E)
+        layers = [list(self.gru.layer(k)) for k in range(self.config.num_layers)]
+        if self.embedding is None:
+            x = inputs  # (B, T) ids: one-hot input
+        elif backend.gathers_token_rows and self.config.vocab_size <= inputs.numel():
+            # E[ids] W_ih^T = (E W_ih^T)[ids]: with fewer embeddings than tokens, fold the
+            # table into layer 0's input weights, (3H, V), and feed the ids as one-hot input.
+            # The backend gathers rows of it: V·I·3H multiply-adds instead of B·T·I·3H.
+            x = inputs
+            layers[0][0] = nn.functional.linear(self.embedding.weight, layers[0][0]).T
+        else:
+            x = self.embedding(inputs)  # (B, T, E)
         final_states = []
-        for k in range(self.config.num_layers):
+        for k, weights in enumerate(layers):
             if k > 0 and self.config.dropout > 0:
                 x = nn.functional.dropout(x, self.config.dropout, self.training)
-            x, h = gru_layer(x, state[k], *self.gru.layer(k), reset_after=reset_after)
+            x, h = backend.gru_layer(x, state[k], *weights, reset_after=reset_after)
             final_states.append(h)  # x: (B, T, H), h: (B, H)
         return self.head(x), torch.stack(final_states)

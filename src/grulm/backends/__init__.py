@@ -32,6 +32,10 @@ class Backend:
         device_types: the ``torch.device.type`` values it runs on.
         description: one line for ``--help`` and ``grulm info``.
         unavailable: returns why the backend cannot run on this machine, or None if it can.
+        gathers_token_rows: its one-hot input path reads the row of ``W_ih^T`` each token
+            selects instead of multiplying by one-hot vectors. An embedding model then runs
+            layer 0 faster as one-hot input through ``W_ih E^T`` (see
+            :meth:`grulm.model.GRULM.forward`).
     """
 
     name: str
@@ -40,6 +44,7 @@ class Backend:
     device_types: tuple[str, ...]
     description: str
     unavailable: Callable[[], str | None] = field(default=lambda: None)
+    gathers_token_rows: bool = False
 
     def unsupported(self, variant: str, device_type: str) -> str | None:
         """Why this backend cannot run ``variant`` on ``device_type``, or None if it can."""
@@ -93,6 +98,7 @@ register(
         device_types=("cpu",),
         description="fused C++ time loop with a hand-written backward (built on first use)",
         unavailable=cpu.unavailable,
+        gathers_token_rows=True,
     ),
     auto_rank=0,
 )
