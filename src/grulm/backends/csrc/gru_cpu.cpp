@@ -242,13 +242,15 @@ void forward_before_n_rows(int64_t t, Rows rows, const StepInput<scalar_t>& x,
   }
 }
 
-// Packs the right-hand sides with the whole team (panel by panel), then waits for all of them.
+// Packs the right-hand sides that are there with the whole team (panel by panel), then waits
+// for all of them.
 template <typename scalar_t>
-void pack_together(grulm::PackedMatrix<scalar_t>& first,
-                   std::optional<grulm::PackedMatrix<scalar_t>>& second, TeamErrors& errors) {
+void pack_together(std::initializer_list<std::optional<grulm::PackedMatrix<scalar_t>>*> matrices,
+                   TeamErrors& errors) {
   errors.run([&] {
-    first.pack(omp_get_thread_num(), omp_get_num_threads());
-    if (second) second->pack(omp_get_thread_num(), omp_get_num_threads());
+    for (auto* matrix : matrices) {
+      if (*matrix) (*matrix)->pack(omp_get_thread_num(), omp_get_num_threads());
+    }
   });
 #pragma omp barrier
 }
@@ -298,12 +300,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
     const scalar_t* b_sum = bias_sum.data_ptr<scalar_t>();
     const scalar_t* b_in = bias_ih.data_ptr<scalar_t>() + 2 * H;
     const scalar_t* b_hn = bias_hh.data_ptr<scalar_t>() + 2 * H;
-    grulm::PackedMatrix<scalar_t> p_first(w_first);
-    std::optional<grulm::PackedMatrix<scalar_t>> p_n;
+    std::optional<grulm::PackedMatrix<scalar_t>> p_first(w_first), p_n;
     if (!reset_after) p_n.emplace(w_n);
     auto team = [&] {
       at::AutoDispatchBelowADInplaceOrView worker_below_autograd;
-      pack_together(p_first, p_n, errors);
+      pack_together<scalar_t>({&p_first, &p_n}, errors);
       const Rows rows = rows_of(B, omp_get_thread_num(), omp_get_num_threads());
       if (rows.count() == 0) return;
       errors.run([&] {
@@ -314,7 +315,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
           scalar_t* h_next = out_ptr + t * B * H;
           scalar_t* gates_t = gates_ptr + t * B * 3 * H;
           scalar_t* extra_t = extra_ptr + t * B * H;
-          p_first.multiply(rows.count(), h_t + rows.b0 * H, H, g.data(), K, false);
+          p_first->multiply(rows.count(), h_t + rows.b0 * H, H, g.data(), K, false);
           if (reset_after) {
             forward_after_rows(t, rows, input, g.data(), h_t, b_sum, b_in, b_hn, gates_t,
                                extra_t, h_next);
@@ -447,6 +448,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   auto d_table = token_ids ? at::zeros_like(table) : Tensor();
   auto d_rh = at::empty({B, H}, opts);  // reset-before: dL/d(R ⊙ h) of the current step
   auto carry = grad_h_T.to(h0.scalar_type()).contiguous().clone();  // dL/dh_t, direct paths
+  auto d_weight_hh = T > 0 ? at::empty({3 * H, H}, opts) : at::zeros({3 * H, H}, opts);
   // dh_t = dG W: the rows of W_hh that multiply h itself, and (reset-before) those of W_hn.
   const int64_t K = reset_after ? 3 * H : 2 * H;
   const Tensor w_first = weight_hh.narrow(0, 0, K);  // (K, H)
@@ -467,12 +469,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     scalar_t* d_gh_ptr = d_gh.data_ptr<scalar_t>();
     scalar_t* carry_ptr = carry.data_ptr<scalar_t>();
     scalar_t* d_rh_ptr = d_rh.data_ptr<scalar_t>();
-    grulm::PackedMatrix<scalar_t> p_first(w_first);
-    std::optional<grulm::PackedMatrix<scalar_t>> p_n;
+    std::optional<grulm::PackedMatrix<scalar_t>> p_first(w_first), p_n;
     if (!reset_after) p_n.emplace(w_n);
+    // The weight gradients' right-hand sides: the state before every step (h0, then out[t-1])
+    // and, for reset-before, R ⊙ h.
+    std::optional<grulm::PackedMatrix<scalar_t>> p_h0, p_prev, p_rh;
+    if (T > 0) p_h0.emplace(h0);
+    if (T > 1) p_prev.emplace(out.narrow(0, 0, T - 1).view({(T - 1) * B, H}));
+    if (T > 0 && !reset_after) p_rh.emplace(extra.view({T * B, H}));
     auto team = [&] {
       at::AutoDispatchBelowADInplaceOrView worker_below_autograd;
-      pack_together(p_first, p_n, errors);
+      pack_together<scalar_t>({&p_first, &p_n, &p_h0, &p_prev, &p_rh}, errors);
       const Rows rows = rows_of(B, omp_get_thread_num(), omp_get_num_threads());
       if (rows.count() > 0) errors.run([&] {
         const int64_t b0 = rows.b0, m = rows.count();
@@ -485,24 +492,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
             scalar_t* d_gh_t = d_gh_ptr + t * B * 3 * H;
             backward_after_rows(rows, H, gates_t, extra_ptr + t * B * H, h_t, grad_t,
                                 carry_ptr, d_xp_t, d_gh_t);
-            p_first.multiply(m, d_gh_t + b0 * 3 * H, 3 * H, carry_ptr + b0 * H, H, true);
+            p_first->multiply(m, d_gh_t + b0 * 3 * H, 3 * H, carry_ptr + b0 * H, H, true);
           } else {
             backward_before_n_rows(rows, H, gates_t, grad_t, carry_ptr, d_xp_t);
             p_n->multiply(m, d_xp_t + b0 * 3 * H + 2 * H, 3 * H, d_rh_ptr + b0 * H, H, false);
             backward_before_rz_rows(rows, H, gates_t, h_t, grad_t, d_rh_ptr, carry_ptr, d_xp_t);
-            p_first.multiply(m, d_xp_t + b0 * 3 * H, 3 * H, carry_ptr + b0 * H, H, true);
+            p_first->multiply(m, d_xp_t + b0 * 3 * H, 3 * H, carry_ptr + b0 * H, H, true);
           }
         }
       });
-      if (token_ids) {
-        // Every row of d_xp is final once all threads are through the loop.
+      // Every row of d_xp and d_gh is final once all threads are through the loop. Then each
+      // thread forms its share of the rows of dW_hh = dG^T [h0; out[:-1]] (the n rows from
+      // R ⊙ h for reset-before), and, for token ids, of the table's columns.
 #pragma omp barrier
-        errors.run([&] {
-          const int k = omp_get_thread_num(), parts = omp_get_num_threads();
+      errors.run([&] {
+        const int k = omp_get_thread_num(), parts = omp_get_num_threads();
+        if (token_ids) {
           scatter_table_columns(T * B, 3 * H, 3 * H * k / parts, 3 * H * (k + 1) / parts,
                                 x.data_ptr<int64_t>(), d_xp_ptr, d_table.data_ptr<scalar_t>());
-        });
-      }
+        }
+        if (T == 0) return;
+        const int64_t r0 = 3 * H * k / parts / 4 * 4;
+        const int64_t r1 = k + 1 == parts ? 3 * H : 3 * H * (k + 1) / parts / 4 * 4;
+        scalar_t* d_w = d_weight_hh.data_ptr<scalar_t>();
+        if (r0 < std::min(r1, K)) {  // rows that multiply h itself
+          const int64_t m = std::min(r1, K) - r0;
+          p_h0->multiply(m, d_gh_ptr + r0, 1, d_w + r0 * H, H, false, 3 * H);
+          if (p_prev) {
+            p_prev->multiply(m, d_gh_ptr + B * 3 * H + r0, 1, d_w + r0 * H, H, true, 3 * H);
+          }
+        }
+        if (p_rh && std::max(r0, K) < r1) {  // reset-before's n rows
+          const int64_t start = std::max(r0, K);
+          p_rh->multiply(r1 - start, d_xp_ptr + start, 1, d_w + start * H, H, false, 3 * H);
+        }
+      });
     };
     in_team(n, team);
   };
@@ -513,21 +537,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   }
   errors.rethrow();
 
-  // Weight and bias gradients: GEMMs and column sums over all T·B rows. The state before
-  // step 0 is h0 and before step t > 0 is out[t-1], so the first step's rows go separately.
+  // Bias gradients: column sums over all T·B rows.
   const Tensor dG = d_xp.view({T * B, 3 * H});
   const Tensor dGh = d_gh.view({T * B, 3 * H});
-  auto d_weight_hh = at::empty({3 * H, H}, opts);
-  Tensor d_w_h = d_weight_hh.narrow(0, 0, K);
-  at::mm_out(d_w_h, dGh.narrow(0, 0, B).narrow(1, 0, K).t(), h0);
-  if (T > 1) {
-    at::addmm_out(d_w_h, d_w_h, dGh.narrow(0, B, (T - 1) * B).narrow(1, 0, K).t(),
-                  out.narrow(0, 0, T - 1).view({(T - 1) * B, H}));
-  }
-  if (!reset_after) {
-    Tensor d_w_n = d_weight_hh.narrow(0, 2 * H, H);
-    at::mm_out(d_w_n, dG.narrow(1, 2 * H, H).t(), extra.view({T * B, H}));
-  }
   Tensor d_bias_ih = dG.sum(0);
   Tensor d_bias_hh = reset_after ? dGh.sum(0) : d_bias_ih.clone();
   return {token_ids ? d_table : d_xp, carry, d_weight_hh, d_bias_ih, d_bias_hh};

@@ -32,10 +32,10 @@ constexpr int64_t kPanel = 16;  // columns per panel: two 8-float registers
 constexpr int64_t kRows = 4;  // rows per register tile
 constexpr int64_t kDepth = 256;  // K per pass, so that a panel (16 KiB) stays in L1
 
-// C[r, 0:16] (+)= sum_k A[r, k] · panel[k, 0:16] for r < kTileRows.
+// C[r, 0:16] (+)= sum_k A[r·lda + k·step] · panel[k, 0:16] for r < kTileRows.
 template <int kTileRows, bool kAccumulate>
-inline void tile(int64_t K, const float* A, int64_t lda, const float* panel, float* C,
-                 int64_t ldc) {
+inline void tile(int64_t K, const float* A, int64_t lda, int64_t step, const float* panel,
+                 float* C, int64_t ldc) {
   // Fully unrolled row loops, so that the accumulators live in registers, not on the stack.
   __m256 lo[kTileRows], hi[kTileRows];
 #pragma GCC unroll 4
@@ -43,12 +43,12 @@ inline void tile(int64_t K, const float* A, int64_t lda, const float* panel, flo
     lo[r] = kAccumulate ? _mm256_loadu_ps(C + r * ldc) : _mm256_setzero_ps();
     hi[r] = kAccumulate ? _mm256_loadu_ps(C + r * ldc + 8) : _mm256_setzero_ps();
   }
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = 0; k < K; ++k, A += step) {
     const __m256 p_lo = _mm256_load_ps(panel + k * kPanel);
     const __m256 p_hi = _mm256_load_ps(panel + k * kPanel + 8);
 #pragma GCC unroll 4
     for (int r = 0; r < kTileRows; ++r) {
-      const __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+      const __m256 a = _mm256_broadcast_ss(A + r * lda);
       lo[r] = _mm256_fmadd_ps(a, p_lo, lo[r]);
       hi[r] = _mm256_fmadd_ps(a, p_hi, hi[r]);
     }
@@ -61,30 +61,30 @@ inline void tile(int64_t K, const float* A, int64_t lda, const float* panel, flo
 }
 
 template <bool kAccumulate>
-inline void tile_rows(int64_t rows, int64_t K, const float* A, int64_t lda, const float* panel,
-                      float* C, int64_t ldc) {
+inline void tile_rows(int64_t rows, int64_t K, const float* A, int64_t lda, int64_t step,
+                      const float* panel, float* C, int64_t ldc) {
   switch (rows) {
-    case 4: return tile<4, kAccumulate>(K, A, lda, panel, C, ldc);
-    case 3: return tile<3, kAccumulate>(K, A, lda, panel, C, ldc);
-    case 2: return tile<2, kAccumulate>(K, A, lda, panel, C, ldc);
-    default: return tile<1, kAccumulate>(K, A, lda, panel, C, ldc);
+    case 4: return tile<4, kAccumulate>(K, A, lda, step, panel, C, ldc);
+    case 3: return tile<3, kAccumulate>(K, A, lda, step, panel, C, ldc);
+    case 2: return tile<2, kAccumulate>(K, A, lda, step, panel, C, ldc);
+    default: return tile<1, kAccumulate>(K, A, lda, step, panel, C, ldc);
   }
 }
 
 // One tile whose panel may be narrower than 16 columns (the last one when N % 16 != 0): the
 // padded columns are computed into a scratch tile and dropped.
 inline void tile_any(int64_t rows, int64_t width, bool accumulate, int64_t K, const float* A,
-                     int64_t lda, const float* panel, float* C, int64_t ldc) {
+                     int64_t lda, int64_t step, const float* panel, float* C, int64_t ldc) {
   if (width == kPanel) {
-    if (accumulate) return tile_rows<true>(rows, K, A, lda, panel, C, ldc);
-    return tile_rows<false>(rows, K, A, lda, panel, C, ldc);
+    if (accumulate) return tile_rows<true>(rows, K, A, lda, step, panel, C, ldc);
+    return tile_rows<false>(rows, K, A, lda, step, panel, C, ldc);
   }
   alignas(32) float scratch[kRows * kPanel] = {};
   for (int64_t r = 0; r < rows && accumulate; ++r) std::copy_n(C + r * ldc, width, scratch + r * kPanel);
   if (accumulate) {
-    tile_rows<true>(rows, K, A, lda, panel, scratch, kPanel);
+    tile_rows<true>(rows, K, A, lda, step, panel, scratch, kPanel);
   } else {
-    tile_rows<false>(rows, K, A, lda, panel, scratch, kPanel);
+    tile_rows<false>(rows, K, A, lda, step, panel, scratch, kPanel);
   }
   for (int64_t r = 0; r < rows; ++r) std::copy_n(scratch + r * kPanel, width, C + r * ldc);
 }
@@ -116,12 +116,23 @@ class PackedMatrix {
       const float* src = rhs_.data_ptr<float>();
       const int64_t ks = rhs_.stride(0), ns = rhs_.stride(1);
       float* dst = panels_.data_ptr<float>();
+      // Read along the source's contiguous dimension: a panel (16 KiB at K = 256) stays in
+      // L1 while it fills either way.
       for (int64_t p = part; p < panels_.size(0); p += parts) {
-        for (int64_t k = 0; k < K_; ++k) {
-          float* row = dst + (p * K_ + k) * detail::kPanel;
+        float* panel = dst + p * K_ * detail::kPanel;
+        const int64_t n0 = p * detail::kPanel, width = std::min(detail::kPanel, N_ - n0);
+        if (ks == 1) {
           for (int64_t j = 0; j < detail::kPanel; ++j) {
-            const int64_t n = p * detail::kPanel + j;
-            row[j] = n < N_ ? src[k * ks + n * ns] : 0.0f;
+            const float* column = j < width ? src + (n0 + j) * ns : nullptr;
+            for (int64_t k = 0; k < K_; ++k) {
+              panel[k * detail::kPanel + j] = column != nullptr ? column[k] : 0.0f;
+            }
+          }
+        } else {
+          for (int64_t k = 0; k < K_; ++k) {
+            for (int64_t j = 0; j < detail::kPanel; ++j) {
+              panel[k * detail::kPanel + j] = j < width ? src[k * ks + (n0 + j) * ns] : 0.0f;
+            }
           }
         }
       }
@@ -129,9 +140,11 @@ class PackedMatrix {
 #endif
   }
 
-  // C (M×N, row stride ldc) = A (M×K, row stride lda) · P, or C += A · P if ``accumulate``.
+  // C (M×N, row stride ldc) = A · P, or C += A · P if ``accumulate``, where A is M×K with
+  // A(m, k) = A[m·lda + k·step]: rows of a matrix (step 1) or columns of one (lda 1), as the
+  // weight gradients' dG^T.
   void multiply(int64_t M, const scalar_t* A, int64_t lda, scalar_t* C, int64_t ldc,
-                bool accumulate) const {
+                bool accumulate, int64_t step = 1) const {
     if (M == 0) return;
 #ifdef GRULM_PACKED_AVX2
     if constexpr (kPacked) {
@@ -144,8 +157,8 @@ class PackedMatrix {
           const float* panel = panels + (n0 * K_ + k0 * kPanel);
           const int64_t width = std::min(kPanel, N_ - n0);
           for (int64_t m = 0; m < M; m += kRows) {
-            tile_any(std::min(kRows, M - m), width, acc, depth, A + m * lda + k0, lda, panel,
-                     C + m * ldc + n0, ldc);
+            tile_any(std::min(kRows, M - m), width, acc, depth, A + m * lda + k0 * step, lda,
+                     step, panel, C + m * ldc + n0, ldc);
           }
         }
       }
@@ -153,7 +166,7 @@ class PackedMatrix {
     }
 #endif
     const auto options = rhs_.options();
-    const at::Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K_}, {lda, 1}, options);
+    const at::Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K_}, {lda, step}, options);
     at::Tensor c = at::from_blob(C, {M, N_}, {ldc, 1}, options);
     if (accumulate) {
       at::addmm_out(c, c, a, rhs_);
