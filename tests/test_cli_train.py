@@ -152,18 +152,18 @@ def _train_in_process(*args) -> int:
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_text, tmp_path,
                                                             monkeypatch, capsys):
-    forward = GRULM.forward
+    loss_of = GRULM.loss
     calls = {"training": 0}
 
-    def poisoned(self, inputs, state=None):
-        logits, state = forward(self, inputs, state)
+    def poisoned(self, inputs, targets, state=None):
+        loss, state = loss_of(self, inputs, targets, state)
         if self.training:
             calls["training"] += 1
             if calls["training"] > 150:  # well into epoch 3 (~62 steps an epoch)
-                logits = logits * float("nan")
-        return logits, state
+                loss = loss * float("nan")
+        return loss, state
 
-    monkeypatch.setattr(GRULM, "forward", poisoned)
+    monkeypatch.setattr(GRULM, "loss", poisoned)
     out = tmp_path / "run"
     status = _train_in_process(*TINY, "--data", small_text, "--epochs", "5",
                                "--checkpoint-every-epochs", "1", "--out", out)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from grulm.data.batches import eval_batches
 from grulm.model import GRULM
@@ -62,10 +61,8 @@ def evaluate(model: GRULM, ids: Tensor, batch_size: int = 32, num_steps: int = 3
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
     for X, Y in eval_batches(ids, batch_size, num_steps):
-        logits, state = model(X, state)  # (B, t, V), (L, B, H)
-        loss_sum += F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), Y.reshape(-1), reduction="sum"
-        )
+        loss, state = model.loss(X, Y, state)  # mean over the batch's B·t tokens, (L, B, H)
+        loss_sum += loss.double() * Y.numel()
         tokens += Y.numel()
     model.train(was_training)
     return EvalResult(loss_sum.item() / tokens, tokens)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from grulm import backends
 from grulm.errors import ConfigError
@@ -199,9 +200,37 @@ class GRULM(nn.Module):
         Returns:
             logits (B, T, V) and the final state (L, B, H).
         """
+        x, state = self._recur(inputs, state, self.backend(inputs.device))
+        return self.head(x), state
+
+    def loss(
+        self, inputs: Tensor, targets: Tensor, state: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The mean next-token cross-entropy over all B·T positions, and the final state.
+
+        The same as ``F.cross_entropy`` of :meth:`forward`'s logits against ``targets``; a
+        backend with a fused head (``cpu``) computes it without materialising the logits.
+
+        Args:
+            inputs, targets: (B, T) int64 token ids, ``targets`` the tokens that follow.
+            state: (L, B, H), or None for the zero state.
+
+        Returns:
+            The loss (0-dim) and the final state (L, B, H).
+        """
+        backend = self.backend(inputs.device)
+        x, state = self._recur(inputs, state, backend)
+        if backend.head_loss is not None:
+            return backend.head_loss(x, self.head.weight, self.head.bias, targets), state
+        logits = self.head(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)), state
+
+    def _recur(
+        self, inputs: Tensor, state: Tensor | None, backend: backends.Backend
+    ) -> tuple[Tensor, Tensor]:
+        """The last layer's outputs (B, T, H) and the final state (L, B, H)."""
         if state is None:
             state = self.begin_state(inputs.shape[0], inputs.device)
-        backend = self.backend(inputs.device)
         reset_after = self.config.variant == "reset_after"
         layers = [list(self.gru.layer(k)) for k in range(self.config.num_layers)]
         if self.embedding is None:
@@ -211,13 +240,13 @@ class GRULM(nn.Module):
             # table into layer 0's input weights, (3H, V), and feed the ids as one-hot input.
             # The backend gathers rows of it: V·I·3H multiply-adds instead of B·T·I·3H.
             x = inputs
-            layers[0][0] = nn.functional.linear(self.embedding.weight, layers[0][0]).T
+            layers[0][0] = F.linear(self.embedding.weight, layers[0][0]).T
         else:
             x = self.embedding(inputs)  # (B, T, E)
         final_states = []
         for k, weights in enumerate(layers):
             if k > 0 and self.config.dropout > 0:
-                x = nn.functional.dropout(x, self.config.dropout, self.training)
+                x = F.dropout(x, self.config.dropout, self.training)
             x, h = backend.gru_layer(x, state[k], *weights, reset_after=reset_after)
             final_states.append(h)  # x: (B, T, H), h: (B, H)
-        return self.head(x), torch.stack(final_states)
+        return x, torch.stack(final_states)

@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from grulm.data.batches import PARTITIONS, EpochBatches, rng_from_state, rng_state
 from grulm.data.splits import Splits, seed_splits, split_ids
@@ -334,8 +333,7 @@ def train_step(
         The batch's mean loss (0-dim), the final state (L, B, H, still attached to this
         step's graph) and the gradient norm before clipping (0-dim), all on the device.
     """
-    logits, state = model(X, state)  # (B, T, V), (L, B, H)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), Y.reshape(-1))
+    loss, state = model.loss(X, Y, state)  # mean over B·T tokens, (L, B, H)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = clip_gradients(parameters, clip)

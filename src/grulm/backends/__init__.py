@@ -36,6 +36,9 @@ class Backend:
             selects instead of multiplying by one-hot vectors. An embedding model then runs
             layer 0 faster as one-hot input through ``W_ih E^T`` (see
             :meth:`grulm.model.GRULM.forward`).
+        head_loss: a fused ``(hidden, head_weight, head_bias, targets) -> mean loss`` that
+            :meth:`grulm.model.GRULM.loss` uses instead of the head and ``F.cross_entropy``,
+            or None.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Backend:
     description: str
     unavailable: Callable[[], str | None] = field(default=lambda: None)
     gathers_token_rows: bool = False
+    head_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor] | None = None
 
     def unsupported(self, variant: str, device_type: str) -> str | None:
         """Why this backend cannot run ``variant`` on ``device_type``, or None if it can."""
@@ -99,6 +103,7 @@ register(
         description="fused C++ time loop with a hand-written backward (built on first use)",
         unavailable=cpu.unavailable,
         gathers_token_rows=True,
+        head_loss=cpu.head_loss,
     ),
     auto_rank=0,
 )

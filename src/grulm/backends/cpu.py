@@ -41,8 +41,9 @@ import torch
 from torch import Tensor
 
 LIBRARY_NAME = "grulm_cpu"
-SOURCE = Path(__file__).with_name("csrc") / "gru_cpu.cpp"
-HEADERS = (SOURCE.with_name("packed_matmul.h"),)
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = (CSRC / "gru_cpu.cpp", CSRC / "head_loss.cpp")
+HEADERS = (CSRC / "activations.h", CSRC / "packed_matmul.h", CSRC / "team.h")
 
 
 def _compile_flags() -> list[str]:
@@ -66,7 +67,7 @@ def build_dir() -> Path:
         cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         root = Path(cache) / "torch_extensions"
     key = hashlib.sha1()
-    for path in (SOURCE, *HEADERS):
+    for path in (*SOURCES, *HEADERS):
         key.update(path.read_bytes())
     key.update(f"{torch.__version__} {torch.version.git_version}".encode())
     key.update(" ".join([platform.machine(), *_compile_flags()]).encode())
@@ -96,7 +97,7 @@ def _build(target: Path) -> None:
     work.mkdir(exist_ok=True)
     cpp_extension.load(
         name=LIBRARY_NAME,
-        sources=[str(SOURCE)],
+        sources=[str(path) for path in SOURCES],
         extra_cflags=_compile_flags(),
         extra_ldflags=["-fopenmp"],
         build_directory=str(work),
@@ -213,3 +214,48 @@ def gru_layer(
         x, table = torch.nn.functional.linear(x.transpose(0, 1), weight_ih), None  # (T, B, 3H)
     out, h_T = FusedGRULayer.apply(x, table, h0, weight_hh, bias_ih, bias_hh, reset_after)
     return out.transpose(0, 1), h_T
+
+
+class FusedHeadLoss(torch.autograd.Function):
+    """Mean cross-entropy of ``softmax(x W^T + b)`` against ``targets``, with its backward.
+
+    Inputs: ``x`` (M, H), ``weight`` (V, H), ``bias`` (V,), ``targets`` (M,) int64.
+    Output: the mean loss, 0-dim.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets):
+        loss, probs = torch.ops.grulm_cpu.head_loss_forward(x, weight, bias, targets)
+        ctx.save_for_backward(x, weight, probs, targets)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        x, weight, probs, targets = ctx.saved_tensors
+        d_x, d_weight, d_bias = torch.ops.grulm_cpu.head_loss_backward(
+            grad_loss, x, weight, probs, targets
+        )
+        return d_x, d_weight, d_bias, None
+
+
+def head_loss(hidden: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> Tensor:
+    """``F.cross_entropy(F.linear(hidden, weight, bias) over all positions, targets)``, fused.
+
+    The logits are never returned: for training and evaluation, which need only the loss.
+
+    Args:
+        hidden: (B, T, H) the last layer's outputs (a batch-first view of time-major storage
+            from :func:`gru_layer` is read without a copy).
+        weight: (V, H); bias: (V,): the head.
+        targets: (B, T) int64 token ids.
+
+    Returns:
+        The mean loss over all B·T positions, 0-dim.
+
+    Raises:
+        RuntimeError: a target outside [0, V), or the extension cannot be built or loaded.
+    """
+    load()
+    x = hidden.transpose(0, 1).reshape(-1, hidden.shape[-1])  # (T·B, H): time-major rows
+    return FusedHeadLoss.apply(x, weight, bias, targets.T.reshape(-1))

@@ -13,22 +13,20 @@
 // the state by W_hh (packed once per call, see packed_matmul.h; every thread reads the same
 // packed copy, which fits a core's L2 for H = 256) and runs one fused elementwise pass over
 // them; reset-before needs R ⊙ h before the W_hn product, hence two products and two passes.
-// Backward mirrors this per row block. The weight gradients are multi-threaded GEMMs over all
-// T·B rows after the loop.
+// Backward mirrors this per row block; after its loop the same team forms dW_hh, each thread a
+// block of its rows as one product over all T·B rows.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "activations.h"
 #include "packed_matmul.h"
+#include "team.h"
 
 #include <omp.h>
 
 #include <algorithm>
-#include <atomic>
-#include <exception>
-#include <mutex>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -38,36 +36,12 @@
 namespace {
 
 using at::Tensor;
-
-// exp for float32 that vectorises (Cephes' expf: range reduction to [-ln2/2, ln2/2], a
-// degree-6 polynomial, scaling by 2^n through the exponent bits); relative error ~2 ulp.
-// The input is clamped so that the result stays finite and non-zero.
-inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
-}
-
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
-inline float tanh_(float x) { return 1.0f - 2.0f / (1.0f + exp_approx(2.0f * x)); }
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh_(double x) { return std::tanh(x); }
-
-// The batch rows [b0, b1) that thread k of n owns: near-equal blocks.
-struct Rows {
-  int64_t b0, b1;
-  int64_t count() const { return b1 - b0; }
-};
-
-inline Rows rows_of(int64_t B, int k, int n) { return {B * k / n, B * (k + 1) / n}; }
+using grulm::in_team;
+using grulm::sigmoid;
+using grulm::tanh_;
+using grulm::Rows;
+using grulm::rows_of;
+using grulm::TeamErrors;
 
 // The thread team: PyTorch's thread count, but at most one thread per batch row and per 2^20
 // multiply-adds of the call's recurrent products (T·B·3H·H), so that a thread's share dwarfs
@@ -76,45 +50,6 @@ inline int team_size(int64_t T, int64_t B, int64_t H) {
   const int64_t by_work = T * B * 3 * H * H >> 20;
   return static_cast<int>(
       std::max<int64_t>(1, std::min({int64_t{at::get_num_threads()}, B, by_work})));
-}
-
-// Runs a thread's share of a step unless some thread has failed; records the first exception
-// so that it can be rethrown after the parallel region (every thread still meets every barrier).
-class TeamErrors {
- public:
-  template <typename F>
-  void run(const F& f) {
-    if (failed_.load(std::memory_order_relaxed)) return;
-    try {
-      f();
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (!error_) error_ = std::current_exception();
-      failed_.store(true);
-    }
-  }
-  void rethrow() const {
-    if (error_) std::rethrow_exception(error_);
-  }
-
- private:
-  std::atomic<bool> failed_{false};
-  std::mutex mutex_;
-  std::exception_ptr error_;
-};
-
-// Runs `body` on a team of n threads. Its barriers are orphaned directives: with n == 1 there
-// is no parallel region at all, so they do nothing and the products inside may use BLAS
-// threads. (Inside an active region BLAS runs single-threaded; inside a one-thread region it
-// would start nested teams of its own.)
-template <typename F>
-void in_team(int n, const F& body) {
-  if (n > 1) {
-#pragma omp parallel num_threads(n)
-    body();
-  } else {
-    body();
-  }
 }
 
 void check_inputs(const Tensor& h0, const Tensor& weight_hh) {
