@@ -13,8 +13,8 @@
 // the state by W_hh (packed once per call, see packed_matmul.h; every thread reads the same
 // packed copy, which fits a core's L2 for H = 256) and runs one fused elementwise pass over
 // them; reset-before needs R ⊙ h before the W_hn product, hence two products and two passes.
-// Backward mirrors this per row block; after its loop the same team forms dW_hh, each thread a
-// block of its rows as one product over all T·B rows.
+// Backward mirrors this per row block. The weight gradients are multi-threaded GEMMs over all
+// T·B rows after the loop.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -406,15 +406,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     scalar_t* d_rh_ptr = d_rh.data_ptr<scalar_t>();
     std::optional<grulm::PackedMatrix<scalar_t>> p_first(w_first), p_n;
     if (!reset_after) p_n.emplace(w_n);
-    // The weight gradients' right-hand sides: the state before every step (h0, then out[t-1])
-    // and, for reset-before, R ⊙ h.
-    std::optional<grulm::PackedMatrix<scalar_t>> p_h0, p_prev, p_rh;
-    if (T > 0) p_h0.emplace(h0);
-    if (T > 1) p_prev.emplace(out.narrow(0, 0, T - 1).view({(T - 1) * B, H}));
-    if (T > 0 && !reset_after) p_rh.emplace(extra.view({T * B, H}));
     auto team = [&] {
       at::AutoDispatchBelowADInplaceOrView worker_below_autograd;
-      pack_together<scalar_t>({&p_first, &p_n, &p_h0, &p_prev, &p_rh}, errors);
+      pack_together<scalar_t>({&p_first, &p_n}, errors);
       const Rows rows = rows_of(B, omp_get_thread_num(), omp_get_num_threads());
       if (rows.count() > 0) errors.run([&] {
         const int64_t b0 = rows.b0, m = rows.count();
@@ -436,32 +430,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
           }
         }
       });
-      // Every row of d_xp and d_gh is final once all threads are through the loop. Then each
-      // thread forms its share of the rows of dW_hh = dG^T [h0; out[:-1]] (the n rows from
-      // R ⊙ h for reset-before), and, for token ids, of the table's columns.
+      if (token_ids) {
+        // Every row of d_xp is final once all threads are through the loop.
 #pragma omp barrier
-      errors.run([&] {
-        const int k = omp_get_thread_num(), parts = omp_get_num_threads();
-        if (token_ids) {
+        errors.run([&] {
+          const int k = omp_get_thread_num(), parts = omp_get_num_threads();
           scatter_table_columns(T * B, 3 * H, 3 * H * k / parts, 3 * H * (k + 1) / parts,
                                 x.data_ptr<int64_t>(), d_xp_ptr, d_table.data_ptr<scalar_t>());
-        }
-        if (T == 0) return;
-        const int64_t r0 = 3 * H * k / parts / 4 * 4;
-        const int64_t r1 = k + 1 == parts ? 3 * H : 3 * H * (k + 1) / parts / 4 * 4;
-        scalar_t* d_w = d_weight_hh.data_ptr<scalar_t>();
-        if (r0 < std::min(r1, K)) {  // rows that multiply h itself
-          const int64_t m = std::min(r1, K) - r0;
-          p_h0->multiply(m, d_gh_ptr + r0, 1, d_w + r0 * H, H, false, 3 * H);
-          if (p_prev) {
-            p_prev->multiply(m, d_gh_ptr + B * 3 * H + r0, 1, d_w + r0 * H, H, true, 3 * H);
-          }
-        }
-        if (p_rh && std::max(r0, K) < r1) {  // reset-before's n rows
-          const int64_t start = std::max(r0, K);
-          p_rh->multiply(r1 - start, d_xp_ptr + start, 1, d_w + start * H, H, false, 3 * H);
-        }
-      });
+        });
+      }
     };
     in_team(n, team);
   };
@@ -472,9 +449,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   }
   errors.rethrow();
 
-  // Bias gradients: column sums over all T·B rows.
+  // Weight and bias gradients: GEMMs (BLAS, all threads) and column sums over all T·B rows.
+  // The state before step 0 is h0 and before step t > 0 is out[t-1], so the first step's rows
+  // go separately. (The packed kernel is no faster than BLAS on these tall products.)
   const Tensor dG = d_xp.view({T * B, 3 * H});
   const Tensor dGh = d_gh.view({T * B, 3 * H});
+  if (T > 0) {
+    Tensor d_w_h = d_weight_hh.narrow(0, 0, K);
+    at::mm_out(d_w_h, dGh.narrow(0, 0, B).narrow(1, 0, K).t(), h0);
+    if (T > 1) {
+      at::addmm_out(d_w_h, d_w_h, dGh.narrow(0, B, (T - 1) * B).narrow(1, 0, K).t(),
+                    out.narrow(0, 0, T - 1).view({(T - 1) * B, H}));
+    }
+    if (!reset_after) {
+      Tensor d_w_n = d_weight_hh.narrow(0, 2 * H, H);
+      at::mm_out(d_w_n, dG.narrow(1, 2 * H, H).t(), extra.view({T * B, H}));
+    }
+  }
   Tensor d_bias_ih = dG.sum(0);
   Tensor d_bias_hh = reset_after ? dGh.sum(0) : d_bias_ih.clone();
   return {token_ids ? d_table : d_xp, carry, d_weight_hh, d_bias_ih, d_bias_hh};

@@ -141,8 +141,8 @@ class PackedMatrix {
   }
 
   // C (M×N, row stride ldc) = A · P, or C += A · P if ``accumulate``, where A is M×K with
-  // A(m, k) = A[m·lda + k·step]: rows of a matrix (step 1) or columns of one (lda 1), as the
-  // weight gradients' dG^T.
+  // A(m, k) = A[m·lda + k·step]: rows of a matrix (step 1) or columns of one (lda 1), as x^T
+  // in the head's weight gradient.
   void multiply(int64_t M, const scalar_t* A, int64_t lda, scalar_t* C, int64_t ldc,
                 bool accumulate, int64_t step = 1) const {
     if (M == 0) return;
