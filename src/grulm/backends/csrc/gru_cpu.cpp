@@ -223,8 +223,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   const auto dtype = opts.dtype().toScalarType();
   TeamErrors errors;
 
-  // A generic lambda rather than AT_DISPATCH_FLOATING_TYPES: OpenMP pragmas cannot sit inside
-  // a macro's arguments.
   auto run = [&](auto zero) {
     using scalar_t = decltype(zero);
     const StepInput<scalar_t> input = step_input<scalar_t>(x, table, B, H);
@@ -264,11 +262,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
     };
     in_team(n, team);
   };
-  if (dtype == at::kDouble) {
-    run(0.0);
-  } else {
-    run(0.0f);
-  }
+  grulm::dispatch_floating(dtype, run);
   errors.rethrow();
   Tensor h_T = T > 0 ? out[T - 1].clone() : h0.clone();
   return {out, h_T, gates, extra};
@@ -442,11 +436,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     };
     in_team(n, team);
   };
-  if (dtype == at::kDouble) {
-    run(0.0);
-  } else {
-    run(0.0f);
-  }
+  grulm::dispatch_floating(dtype, run);
   errors.rethrow();
 
   // Weight and bias gradients: GEMMs (BLAS, all threads) and column sums over all T·B rows.

@@ -125,11 +125,7 @@ std::tuple<Tensor, Tensor> head_loss_forward(const Tensor& x_in, const Tensor& w
     };
     grulm::in_team(n, team);
   };
-  if (x.scalar_type() == at::kDouble) {
-    run(0.0);
-  } else {
-    run(0.0f);
-  }
+  grulm::dispatch_floating(x.scalar_type(), run);
   errors.rethrow();
   double total = 0;
   for (double part : losses) total += part;
@@ -193,11 +189,7 @@ std::tuple<Tensor, Tensor, Tensor> head_loss_backward(const Tensor& grad_loss,
     };
     grulm::in_team(n, team);
   };
-  if (x.scalar_type() == at::kDouble) {
-    run(0.0);
-  } else {
-    run(0.0f);
-  }
+  grulm::dispatch_floating(x.scalar_type(), run);
   errors.rethrow();
   Tensor d_weight = at::stack(d_weight_t).sum(0).t().contiguous();
   return {d_x, d_weight, at::stack(d_bias).sum(0)};

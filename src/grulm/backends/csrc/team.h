@@ -3,6 +3,7 @@
 
 #pragma once
 
+#include <c10/core/ScalarType.h>
 #include <omp.h>
 
 #include <atomic>
@@ -56,6 +57,17 @@ void in_team(int n, const F& body) {
     body();
   } else {
     body();
+  }
+}
+
+// Calls run(0.0) for float64, else run(0.0f): the kernels are generic lambdas over the scalar
+// type rather than AT_DISPATCH_FLOATING_TYPES, whose macro arguments cannot hold OpenMP pragmas.
+template <typename F>
+void dispatch_floating(c10::ScalarType type, const F& run) {
+  if (type == c10::kDouble) {
+    run(0.0);
+  } else {
+    run(0.0f);
   }
 }
 
