@@ -19,9 +19,13 @@ on a CPU (see ``csrc/gru_cpu.cpp``):
   sequences and walks all T steps for them: sequences do not interact, so the threads never
   wait for each other inside the loop. Calls too small to pay for a team run on one thread.
 
+The same extension has the output head and the loss fused (``csrc/head_loss.cpp``,
+:func:`head_loss`, used by :meth:`grulm.model.GRULM.loss`): logits, softmax, mean
+cross-entropy and their gradients without ATen's three awkwardly shaped products.
+
 The extension is compiled just in time, once per source/torch version/flags, by
-``torch.utils.cpp_extension`` with ninja (about 25–45 s on two cores), into PyTorch's extension
-directory (see :func:`build_dir`); later processes load the cached library directly (~30 ms).
+``torch.utils.cpp_extension`` with ninja (about 22 s on two cores), into PyTorch's extension
+directory (see :func:`build_dir`); later processes load the cached library directly (~20 ms).
 Where it cannot be built (no compiler, no ninja, a failing build) :func:`unavailable` says why
 and ``backend='auto'`` falls back to the next backend with one warning.
 """
