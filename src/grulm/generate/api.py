@@ -98,6 +98,7 @@ def check_options(
         )
     return top_k
 
+
 def _check_stop(stop: str | Sequence[str] | None) -> tuple[str, ...]:
     if stop is None:
         return ()
@@ -105,6 +106,7 @@ def _check_stop(stop: str | Sequence[str] | None) -> tuple[str, ...]:
     if not all(isinstance(s, str) and s for s in stops):
         raise ConfigError(f"stop strings must be non-empty strings, got {stop!r}")
     return stops
+
 
 def predict(
     model: nn.Module, vocab, prefix: str, num_preds: int, text_format: TextFormat = TextFormat()
@@ -125,6 +127,7 @@ def predict(
         text_format: how to tokenise the prefix and join tokens (default: characters, raw).
     """
     return generate(model, vocab, prefix, max_new=num_preds, text_format=text_format)[0]
+
 
 def generate(
     model: nn.Module,
@@ -247,6 +250,7 @@ def generate(
             logits = decoder.step(token)
     return [text_prefix + "".join(text) for text in texts]
 
+
 def stream(
     model: nn.Module,
     vocab,
@@ -293,6 +297,7 @@ def stream(
     select = make_selector(strategy, temperature, top_k, top_p, generator, max_new)
     return _stream_pieces(decoder, logits, select, pieces, max_new, StopWatch(stops))
 
+
 def _stream_pieces(decoder, logits, select, pieces, max_new, watch) -> Iterator[str]:
     for t in range(max_new):
         token = select(logits)
@@ -304,6 +309,7 @@ def _stream_pieces(decoder, logits, select, pieces, max_new, watch) -> Iterator[
         yield piece
         if t + 1 < max_new:
             logits = decoder.step(token)
+
 
 def _check_generator(
     generator: torch.Generator | None, device: torch.device, strategy: str, temperature: float

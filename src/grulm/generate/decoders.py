@@ -46,6 +46,7 @@ class ModelStepDecoder:
         """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
         self.state = self.state[:, index]
 
+
 class GRUStepDecoder:
     """A lean single-step path through a :class:`GRULM`'s own parameters (both variants).
 
@@ -286,6 +287,7 @@ class GRUStepDecoder:
         if self.kernel is not None:
             self._bind()
 
+
 def greedy_steps(decoder, tokens, steps: int):
     """Feed ``tokens`` (N,), then ``steps`` times feed back the argmax; return (N, steps)."""
     chosen = []
@@ -295,6 +297,7 @@ def greedy_steps(decoder, tokens, steps: int):
     if not chosen:
         return decoder.array([[] for _ in range(len(tokens))])
     return decoder.xp.stack(chosen, 1)
+
 
 def warm_up(model: nn.Module, ids: Sequence[int], *, fast: bool = True):
     """Run the prefix through the model in one pass from the zero state.
@@ -324,6 +327,7 @@ def warm_up(model: nn.Module, ids: Sequence[int], *, fast: bool = True):
         logits, state = model(inputs, None)  # (1, T, V), (L, 1, H)
     decoder = GRUStepDecoder(model, state) if fast else ModelStepDecoder(model, state)
     return decoder, decoder.array(logits[:, -1])
+
 
 def model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():

@@ -36,6 +36,7 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
         logits = logits.masked_fill(drop, -math.inf)
     return logits
 
+
 def make_selector(
     strategy: str,
     temperature: float,
@@ -48,6 +49,7 @@ def make_selector(
     if strategy == "greedy" or temperature == 0:
         return lambda logits: logits.argmax(-1)
     return GumbelSampler(temperature, top_k, top_p, generator, max_new)
+
 
 class GumbelSampler:
     """Draws tokens from ``softmax(logits / temperature)``, after top-k / top-p filtering.

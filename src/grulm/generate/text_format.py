@@ -16,8 +16,10 @@ from grulm.errors import ConfigError
 class GenerationWarning(UserWarning):
     """Generation went ahead, but not exactly as asked (for example a clamped ``top_k``)."""
 
+
 class OutOfVocabularyWarning(GenerationWarning):
     """Prefix tokens the vocabulary does not hold; they were read as ``<unk>``."""
+
 
 @dataclass(frozen=True)
 class TextFormat:
@@ -62,6 +64,7 @@ class TextFormat:
             return list(re.sub("[^A-Za-z]+", " ", text).lower())
         return text_to_tokens(text, self.cleaning, self.token)
 
+
 def encode_prefix(vocab, tokens: Sequence[str]) -> list[int]:
     """Token ids for ``tokens``; unknown tokens become ``<unk>`` (id ``vocab['<unk>']``).
 
@@ -99,6 +102,7 @@ def prefix_ids(vocab, prefix: str, text_format: TextFormat) -> tuple[list[str], 
             + " to start from"
         )
     return tokens, encode_prefix(vocab, tokens)
+
 
 def token_pieces(vocab, text_format: TextFormat) -> list[str]:
     """The text each token id adds to a continuation."""

@@ -148,11 +148,8 @@ std::tuple<Tensor, Tensor, Tensor> head_loss_backward(const Tensor& grad_loss,
   auto d_x = at::empty({M, H}, x.options());
   const int n = team_size(M, V, H);
   // Every thread's share of dW^T (H, V) and db (V,), summed after the team.
-  std::vector<Tensor> d_weight_t(n), d_bias(n);
-  for (int k = 0; k < n; ++k) {
-    d_weight_t[k] = at::empty({H, V}, x.options());
-    d_bias[k] = at::empty({V}, x.options());
-  }
+  auto d_weight_t = at::empty({n, H, V}, x.options());
+  auto d_bias = at::zeros({n, V}, x.options());
   TeamErrors errors;
 
   auto run = [&](auto zero) {
@@ -172,7 +169,6 @@ std::tuple<Tensor, Tensor, Tensor> head_loss_backward(const Tensor& grad_loss,
         const scalar_t* p = probs.data_ptr<scalar_t>() + rows.b0 * V;
         const int64_t* t = targets.data_ptr<int64_t>() + rows.b0;
         scalar_t* db = d_bias[k].data_ptr<scalar_t>();
-        std::fill_n(db, V, scalar_t{0});
         for (int64_t r = 0; r < m; ++r) {
           for (int64_t v = 0; v < V; ++v) {
             dl[r * V + v] = (p[r * V + v] - (v == t[r] ? 1 : 0)) * static_cast<scalar_t>(scale);
@@ -191,8 +187,7 @@ std::tuple<Tensor, Tensor, Tensor> head_loss_backward(const Tensor& grad_loss,
   };
   grulm::dispatch_floating(x.scalar_type(), run);
   errors.rethrow();
-  Tensor d_weight = at::stack(d_weight_t).sum(0).t().contiguous();
-  return {d_x, d_weight, at::stack(d_bias).sum(0)};
+  return {d_x, d_weight_t.sum(0).t().contiguous(), d_bias.sum(0)};
 }
 
 }  // namespace
