@@ -338,17 +338,30 @@ void backward_before_rz_rows(Rows rows, int64_t H, const scalar_t* __restrict__ 
   }
 }
 
-// One-hot input: d_table[id] += d_xp row over all T·B rows, for the columns [c0, c1) of the
-// (V, 3H) table that this thread owns, so that no two threads write the same element.
+// After the time loop, one pass over every row of d_xp (and d_gh, reset-after) for the
+// columns [c0, c1) that this thread owns, so that no two threads write the same element: the
+// bias gradients (column sums) and, for one-hot input, d_table[id] += the d_xp row.
 template <typename scalar_t>
-void scatter_table_columns(int64_t rows, int64_t width, int64_t c0, int64_t c1,
-                           const int64_t* __restrict__ ids, const scalar_t* __restrict__ d_xp,
-                           scalar_t* __restrict__ d_table) {
+void reduce_columns(int64_t rows, int64_t width, int64_t c0, int64_t c1,
+                    const int64_t* __restrict__ ids, const scalar_t* __restrict__ d_xp,
+                    const scalar_t* __restrict__ d_gh, scalar_t* __restrict__ d_table,
+                    scalar_t* __restrict__ d_bias_ih, scalar_t* __restrict__ d_bias_hh) {
+  std::fill(d_bias_ih + c0, d_bias_ih + c1, scalar_t(0));
+  if (d_bias_hh != nullptr) std::fill(d_bias_hh + c0, d_bias_hh + c1, scalar_t(0));
   for (int64_t r = 0; r < rows; ++r) {
     const scalar_t* __restrict__ src = d_xp + r * width;
-    scalar_t* __restrict__ dst = d_table + ids[r] * width;
 #pragma omp simd
-    for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+    for (int64_t c = c0; c < c1; ++c) d_bias_ih[c] += src[c];
+    if (ids != nullptr) {
+      scalar_t* __restrict__ dst = d_table + ids[r] * width;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
+    }
+    if (d_bias_hh != nullptr) {
+      const scalar_t* __restrict__ src_h = d_gh + r * width;
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) d_bias_hh[c] += src_h[c];
+    }
   }
 }
 
@@ -375,6 +388,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   // Reset-after: what the hidden products receive differs from d_xp in the n gate.
   auto d_gh = reset_after ? at::empty({T, B, 3 * H}, opts) : d_xp;
   auto d_table = token_ids ? at::zeros_like(table) : Tensor();
+  auto d_bias_ih = at::empty({3 * H}, opts);
+  auto d_bias_hh = reset_after ? at::empty({3 * H}, opts) : Tensor();
   auto d_rh = at::empty({B, H}, opts);  // reset-before: dL/d(R ⊙ h) of the current step
   auto carry = grad_h_T.to(h0.scalar_type()).contiguous().clone();  // dL/dh_t, direct paths
   auto d_weight_hh = T > 0 ? at::empty({3 * H, H}, opts) : at::zeros({3 * H, H}, opts);
@@ -424,22 +439,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
           }
         }
       });
-      if (token_ids) {
-        // Every row of d_xp is final once all threads are through the loop.
+      // Every row of d_xp is final once all threads are through the loop.
 #pragma omp barrier
-        errors.run([&] {
-          const int k = omp_get_thread_num(), parts = omp_get_num_threads();
-          scatter_table_columns(T * B, 3 * H, 3 * H * k / parts, 3 * H * (k + 1) / parts,
-                                x.data_ptr<int64_t>(), d_xp_ptr, d_table.data_ptr<scalar_t>());
-        });
-      }
+      errors.run([&] {
+        const int k = omp_get_thread_num(), parts = omp_get_num_threads();
+        reduce_columns(T * B, 3 * H, 3 * H * k / parts, 3 * H * (k + 1) / parts,
+                       token_ids ? x.data_ptr<int64_t>() : nullptr, d_xp_ptr,
+                       reset_after ? d_gh_ptr : nullptr,
+                       token_ids ? d_table.data_ptr<scalar_t>() : nullptr,
+                       d_bias_ih.data_ptr<scalar_t>(),
+                       reset_after ? d_bias_hh.data_ptr<scalar_t>() : nullptr);
+      });
     };
     in_team(n, team);
   };
   grulm::dispatch_floating(dtype, run);
   errors.rethrow();
 
-  // Weight and bias gradients: GEMMs (BLAS, all threads) and column sums over all T·B rows.
+  // Weight gradients: GEMMs (BLAS, all threads) over all T·B rows.
   // The state before step 0 is h0 and before step t > 0 is out[t-1], so the first step's rows
   // go separately. (The packed kernel is no faster than BLAS on these tall products.)
   const Tensor dG = d_xp.view({T * B, 3 * H});
@@ -456,8 +473,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       at::mm_out(d_w_n, dG.narrow(1, 2 * H, H).t(), extra.view({T * B, H}));
     }
   }
-  Tensor d_bias_ih = dG.sum(0);
-  Tensor d_bias_hh = reset_after ? dGh.sum(0) : d_bias_ih.clone();
+  if (!reset_after) d_bias_hh = d_bias_ih.clone();  // the two biases add up: same gradient
   return {token_ids ? d_table : d_xp, carry, d_weight_hh, d_bias_ih, d_bias_hh};
 }
 
