@@ -12,12 +12,12 @@ from grulm.data.prepare import load_prepared
 from grulm.data.sources import resolve_source
 from grulm.errors import ConfigError
 from grulm.model import GRULM, GRUConfig
+from grulm.optim import clip_gradients
 from grulm.train import (
     Hooks,
     Progress,
     TrainConfig,
     TrainingDiverged,
-    clip_gradients,
     fit,
     training_splits,
 )

@@ -17,6 +17,9 @@
 
   ``progress`` is the furthest of step / max_steps, epoch / epochs and elapsed / max_time,
   so a cosine schedule ends at ``min_lr`` exactly when the first budget runs out.
+- :func:`clip_gradients` and :func:`clip_and_step`: the seed's clipping by the global norm,
+  and clipping followed by one optimiser step. For plain SGD on the CPU, with the ``cpu``
+  backend's extension loaded, the two are one fused kernel (:func:`grulm.backends.cpu.clip_sgd_`).
 - :func:`optimizer_state` / :func:`load_optimizer_state`: an optimiser's state as safetensors
   tensors plus JSON (no pickle), and back.
 """
@@ -31,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from grulm.backends import cpu
 from grulm.errors import CheckpointError, ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -72,6 +76,81 @@ def make_optimizer(
         return torch.optim.SGD(groups, lr=lr, **kernel)
     cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     return cls(groups, lr=lr, betas=betas, **kernel)
+
+
+def clip_gradients(parameters: list[Tensor], max_norm: float) -> Tensor:
+    """Scale all gradients by ``min(1, max_norm / norm)``, norm being their global L2 norm.
+
+    The seed's ``grad_clipping`` without its host sync: the comparison happens on the device
+    and the scale is applied with one multi-tensor kernel.
+
+    Returns:
+        The norm before clipping, a 0-dim tensor on the device.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    torch._foreach_mul_(grads, torch.clamp(max_norm / norm, max=1.0))
+    return norm
+
+
+def clip_and_step(
+    optimizer: torch.optim.Optimizer, parameters: list[Tensor], max_norm: float
+) -> Tensor:
+    """:func:`clip_gradients` over ``parameters``, then ``optimizer.step()``.
+
+    Where the fused kernel applies (see :func:`_fused_sgd_lrs`) it does both in one call, with
+    the same result up to float rounding, and ``optimizer.step()`` is not called (plain SGD
+    keeps no state, so the optimiser is left exactly as its own step would leave it).
+
+    Returns:
+        The gradients' norm before clipping, a 0-dim tensor on the device.
+    """
+    lrs = _fused_sgd_lrs(optimizer, parameters)
+    if lrs is not None:
+        return cpu.clip_sgd_(parameters, [p.grad for p in parameters], lrs, max_norm)
+    norm = clip_gradients(parameters, max_norm)
+    optimizer.step()
+    return norm
+
+
+def _fused_sgd_lrs(
+    optimizer: torch.optim.Optimizer, parameters: list[Tensor]
+) -> list[float] | None:
+    """Each parameter's learning rate if :func:`grulm.backends.cpu.clip_sgd_` can take this
+    step, else None.
+
+    It can when the extension is already loaded (a model on the ``cpu`` backend loaded it;
+    this never builds it), the optimiser is ``torch.optim.SGD`` without momentum, weight
+    decay or ``maximize`` over exactly ``parameters`` in order, and every parameter is a
+    contiguous float32/float64 CPU tensor with a dense gradient of its own dtype.
+    """
+    if type(optimizer) is not torch.optim.SGD or not cpu.loaded():
+        return None
+    members: list[Tensor] = []
+    lrs: list[float] = []
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        if group["momentum"] or group["weight_decay"] or group["maximize"] or not isinstance(
+            lr, float | int
+        ):
+            return None
+        members += group["params"]
+        lrs += [float(lr)] * len(group["params"])
+    if not parameters or len(members) != len(parameters):
+        return None
+    for p, member in zip(parameters, members, strict=True):
+        grad = p.grad
+        if (
+            p is not member
+            or grad is None
+            or p.device.type != "cpu"
+            or p.dtype not in (torch.float32, torch.float64)
+            or grad.dtype != p.dtype
+            or grad.layout != torch.strided
+            or not (p.is_contiguous() and grad.is_contiguous())
+        ):
+            return None
+    return lrs
 
 
 @dataclass(frozen=True)

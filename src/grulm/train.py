@@ -15,7 +15,8 @@ torch RNG states (:mod:`grulm.resume`), it lets a stopped run continue with the 
 losses.
 
 The loop keeps the device busy: losses accumulate on the device, clipping and the optimiser
-step use multi-tensor kernels, and the host reads the loss (and checks it is finite) only at
+step use multi-tensor kernels (one fused kernel for plain SGD on the CPU,
+:func:`grulm.optim.clip_and_step`), and the host reads the loss (and checks it is finite) only at
 an epoch's end and when a hook asks for it (logging, checkpoints).
 """
 
@@ -41,6 +42,7 @@ from grulm.optim import (
     OPTIMIZERS,
     Schedule,
     ScheduleConfig,
+    clip_and_step,
     make_optimizer,
     set_lr,
 )
@@ -298,21 +300,6 @@ class Hooks:
         return None
 
 
-def clip_gradients(parameters: list[Tensor], max_norm: float) -> Tensor:
-    """Scale all gradients by ``min(1, max_norm / norm)``, norm being their global L2 norm.
-
-    The seed's ``grad_clipping`` without its host sync: the comparison happens on the device
-    and the scale is applied with one multi-tensor kernel.
-
-    Returns:
-        The norm before clipping, a 0-dim tensor on the device.
-    """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    torch._foreach_mul_(grads, torch.clamp(max_norm / norm, max=1.0))
-    return norm
-
-
 def train_step(
     model: GRULM,
     X: Tensor,
@@ -336,8 +323,7 @@ def train_step(
     loss, state = model.loss(X, Y, state)  # mean over B·T tokens, (L, B, H)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = clip_gradients(parameters, clip)
-    optimizer.step()
+    grad_norm = clip_and_step(optimizer, parameters, clip)
     return loss.detach(), state, grad_norm
 
 
@@ -354,7 +340,7 @@ def train_epoch(
     Args:
         batches: (X, Y) pairs of (B, T) int64 token ids on the model's device; Y is X shifted
             by one token.
-        clip: θ for :func:`clip_gradients`.
+        clip: θ for :func:`grulm.optim.clip_gradients`.
         fresh_state_every_batch: start each batch from the zero state (random partitioning)
             instead of carrying the previous batch's final state.
 

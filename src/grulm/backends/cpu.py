@@ -21,7 +21,9 @@ on a CPU (see ``csrc/gru_cpu.cpp``):
 
 The same extension has the output head and the loss fused (``csrc/head_loss.cpp``,
 :func:`head_loss`, used by :meth:`grulm.model.GRULM.loss`): logits, softmax, mean
-cross-entropy and their gradients without ATen's three awkwardly shaped products.
+cross-entropy and their gradients without ATen's three awkwardly shaped products; and
+gradient clipping fused with a plain SGD step (``csrc/clip_sgd.cpp``, :func:`clip_sgd_`, used
+by :func:`grulm.optim.clip_and_step`).
 
 The extension is compiled just in time, once per source/torch version/flags, by
 ``torch.utils.cpp_extension`` with ninja (about 22 s on two cores), into PyTorch's extension
@@ -46,7 +48,7 @@ from torch import Tensor
 
 LIBRARY_NAME = "grulm_cpu"
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "gru_cpu.cpp", CSRC / "head_loss.cpp")
+SOURCES = (CSRC / "gru_cpu.cpp", CSRC / "head_loss.cpp", CSRC / "clip_sgd.cpp")
 HEADERS = (CSRC / "activations.h", CSRC / "packed_matmul.h", CSRC / "team.h")
 
 
@@ -114,10 +116,15 @@ def _build(target: Path) -> None:
     os.replace(tmp.name, target)
 
 
+def loaded() -> bool:
+    """Whether the extension is already loaded in this process (never builds or loads it)."""
+    return hasattr(torch.ops, LIBRARY_NAME) and hasattr(torch.ops.grulm_cpu, "forward")
+
+
 @functools.cache
 def _load() -> str | None:
     """Load the extension, building it first if needed; None on success, else the reason."""
-    if hasattr(torch.ops, LIBRARY_NAME) and hasattr(torch.ops.grulm_cpu, "forward"):
+    if loaded():
         return None
     try:
         target = build_dir() / f"{LIBRARY_NAME}.so"
@@ -263,3 +270,28 @@ def head_loss(hidden: Tensor, weight: Tensor, bias: Tensor, targets: Tensor) -> 
     load()
     x = hidden.transpose(0, 1).reshape(-1, hidden.shape[-1])  # (T·B, H): time-major rows
     return FusedHeadLoss.apply(x, weight, bias, targets.T.reshape(-1))
+
+
+def clip_sgd_(
+    params: list[Tensor], grads: list[Tensor], lrs: list[float], max_norm: float
+) -> Tensor:
+    """Clip ``grads`` to global L2 norm ``max_norm``, then ``params[i] -= lrs[i] * grads[i]``.
+
+    In place, in two passes over memory; the same as clipping by the global norm followed by
+    ``torch.optim.SGD`` without momentum or weight decay.
+
+    Args:
+        params, grads: non-empty lists of dense, contiguous CPU float32/float64 tensors,
+            ``grads[i]`` of ``params[i]``'s shape and dtype.
+        lrs: the learning rate of each parameter.
+
+    Returns:
+        The gradients' norm before clipping, 0-dim (NaN if a gradient is NaN, and then every
+        parameter becomes NaN too, as unfused).
+
+    Raises:
+        RuntimeError: the lists do not fit together, or the extension cannot be loaded.
+    """
+    load()
+    with torch.no_grad():
+        return torch.ops.grulm_cpu.clip_sgd_(params, grads, lrs, max_norm)
