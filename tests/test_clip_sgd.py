@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from grulm.backends import cpu
+from grulm.model import GRULM, GRUConfig
 from grulm.optim import clip_and_step, clip_gradients, make_optimizer
+from grulm.train import train_epoch
 
 pytestmark = pytest.mark.skipif(
     cpu.unavailable() is not None, reason=f"cpu backend unavailable: {cpu.unavailable()}"
@@ -72,7 +74,7 @@ def test_clip_and_step_takes_the_fused_path_for_plain_sgd(monkeypatch):
         raise AssertionError("the fused path must not call SGD.step")
 
     monkeypatch.setattr(torch.optim.SGD, "step", step_must_not_run)
-    norm = clip_and_step(optimizer, parameters, 1.0)
+    norm = clip_and_step(optimizer, parameters, 1.0, cpu.clip_sgd_)
     monkeypatch.undo()
     expected = _unfused(twins, [0.7, 0.7], 1.0)
     # ATen sums the 7,196 equal squares in float32 (6e-6 off the exact 0.1·√7196); the fused
@@ -97,7 +99,7 @@ def test_clip_and_step_falls_back_for_other_optimisers(name, options):
     for m in (model, twin_model):
         for p in m.parameters():
             p.grad = torch.ones_like(p)
-    norm = clip_and_step(optimizers[0], list(model.parameters()), 1.0)
+    norm = clip_and_step(optimizers[0], list(model.parameters()), 1.0, cpu.clip_sgd_)
     expected = clip_gradients(list(twin_model.parameters()), 1.0)
     optimizers[1].step()
     torch.testing.assert_close(norm, expected)
@@ -105,16 +107,35 @@ def test_clip_and_step_falls_back_for_other_optimisers(name, options):
         torch.testing.assert_close(p, twin, rtol=0, atol=0)
 
 
-def test_momentum_sgd_falls_back(monkeypatch):
-    model = torch.nn.Linear(8, 3)
+@pytest.mark.parametrize("case", ["momentum", "subset", "missing grad", "float16"])
+def test_clip_and_step_falls_back_where_plain_sgd_does_not_apply(case):
+    model = torch.nn.Linear(8, 3).to(torch.float16 if case == "float16" else torch.float32)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    parameters = list(model.parameters())
+    optimizer = torch.optim.SGD(parameters, lr=0.1, momentum=0.9 if case == "momentum" else 0)
+    if case == "subset":
+        parameters = parameters[:1]
+    if case == "missing grad":
+        model.bias.grad = None
     calls = []
-    monkeypatch.setattr(cpu, "clip_sgd_", lambda *args: calls.append(args))
-    clip_and_step(optimizer, list(model.parameters()), 1.0)
+    clip_and_step(optimizer, parameters, 1.0, lambda *args: calls.append(args))
     assert calls == []
-    assert all("momentum_buffer" in s for s in optimizer.state.values())
+    if case == "momentum":
+        assert all("momentum_buffer" in s for s in optimizer.state.values())
+
+
+@pytest.mark.parametrize("backend, fused", [("cpu", True), ("reference", False)])
+def test_training_takes_the_backends_fused_step(monkeypatch, backend, fused):
+    model = GRULM(GRUConfig(12, 16, backend=backend))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    steps = []
+    real_step = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda *a, **k: steps.append(real_step(*a, **k)))
+    X = torch.randint(0, 12, (2, 2, 5))
+    train_epoch(model, list(zip(X[0:1], X[1:2], strict=True)) * 3, optimizer, clip=1.0,
+                fresh_state_every_batch=False)
+    assert len(steps) == (0 if fused else 3)
 
 
 def test_a_nan_gradient_poisons_every_parameter_as_unfused():

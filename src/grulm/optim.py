@@ -18,8 +18,8 @@
   ``progress`` is the furthest of step / max_steps, epoch / epochs and elapsed / max_time,
   so a cosine schedule ends at ``min_lr`` exactly when the first budget runs out.
 - :func:`clip_gradients` and :func:`clip_and_step`: the seed's clipping by the global norm,
-  and clipping followed by one optimiser step. For plain SGD on the CPU, with the ``cpu``
-  backend's extension loaded, the two are one fused kernel (:func:`grulm.backends.cpu.clip_sgd_`).
+  and clipping followed by one optimiser step; for plain SGD, a backend's fused kernel does
+  both at once where it has one (the ``cpu`` backend: :func:`grulm.backends.cpu.clip_sgd_`).
 - :func:`optimizer_state` / :func:`load_optimizer_state`: an optimiser's state as safetensors
   tensors plus JSON (no pickle), and back.
 """
@@ -27,14 +27,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from grulm.backends import cpu
 from grulm.errors import CheckpointError, ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -94,37 +93,39 @@ def clip_gradients(parameters: list[Tensor], max_norm: float) -> Tensor:
 
 
 def clip_and_step(
-    optimizer: torch.optim.Optimizer, parameters: list[Tensor], max_norm: float
+    optimizer: torch.optim.Optimizer,
+    parameters: list[Tensor],
+    max_norm: float,
+    fused: Callable[[list[Tensor], list[Tensor], list[float], float], Tensor] | None = None,
 ) -> Tensor:
     """:func:`clip_gradients` over ``parameters``, then ``optimizer.step()``.
 
-    Where the fused kernel applies (see :func:`_fused_sgd_lrs`) it does both in one call, with
-    the same result up to float rounding, and ``optimizer.step()`` is not called (plain SGD
-    keeps no state, so the optimiser is left exactly as its own step would leave it).
+    Args:
+        fused: a backend's fused clipping + plain SGD step (``Backend.clip_sgd``), or None.
+            It replaces both when the optimiser is ``torch.optim.SGD`` without momentum,
+            weight decay or ``maximize`` over exactly ``parameters`` (in order), and every
+            parameter is a contiguous float32/float64 CPU tensor with a dense gradient of its
+            own dtype. ``optimizer.step()`` is then not called: plain SGD keeps no state, so
+            the optimiser is left as its own step would leave it, and the parameters agree up
+            to float rounding.
 
     Returns:
         The gradients' norm before clipping, a 0-dim tensor on the device.
     """
-    lrs = _fused_sgd_lrs(optimizer, parameters)
+    lrs = None if fused is None else _plain_sgd_lrs(optimizer, parameters)
     if lrs is not None:
-        return cpu.clip_sgd_(parameters, [p.grad for p in parameters], lrs, max_norm)
+        return fused(parameters, [p.grad for p in parameters], lrs, max_norm)
     norm = clip_gradients(parameters, max_norm)
     optimizer.step()
     return norm
 
 
-def _fused_sgd_lrs(
+def _plain_sgd_lrs(
     optimizer: torch.optim.Optimizer, parameters: list[Tensor]
 ) -> list[float] | None:
-    """Each parameter's learning rate if :func:`grulm.backends.cpu.clip_sgd_` can take this
-    step, else None.
-
-    It can when the extension is already loaded (a model on the ``cpu`` backend loaded it;
-    this never builds it), the optimiser is ``torch.optim.SGD`` without momentum, weight
-    decay or ``maximize`` over exactly ``parameters`` in order, and every parameter is a
-    contiguous float32/float64 CPU tensor with a dense gradient of its own dtype.
-    """
-    if type(optimizer) is not torch.optim.SGD or not cpu.loaded():
+    """Each parameter's learning rate if a fused step can stand in for ``optimizer``'s (see
+    :func:`clip_and_step`), else None."""
+    if type(optimizer) is not torch.optim.SGD:
         return None
     members: list[Tensor] = []
     lrs: list[float] = []

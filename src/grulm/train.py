@@ -15,7 +15,7 @@ torch RNG states (:mod:`grulm.resume`), it lets a stopped run continue with the 
 losses.
 
 The loop keeps the device busy: losses accumulate on the device, clipping and the optimiser
-step use multi-tensor kernels (one fused kernel for plain SGD on the CPU,
+step use multi-tensor kernels (one fused kernel for plain SGD on the ``cpu`` backend,
 :func:`grulm.optim.clip_and_step`), and the host reads the loss (and checks it is finite) only at
 an epoch's end and when a hook asks for it (logging, checkpoints).
 """
@@ -323,7 +323,7 @@ def train_step(
     loss, state = model.loss(X, Y, state)  # mean over B·T tokens, (L, B, H)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grad_norm = clip_and_step(optimizer, parameters, clip)
+    grad_norm = clip_and_step(optimizer, parameters, clip, model.backend(X.device).clip_sgd)
     return loss.detach(), state, grad_norm
 
 

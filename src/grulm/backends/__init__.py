@@ -39,6 +39,9 @@ class Backend:
         head_loss: a fused ``(hidden, head_weight, head_bias, targets) -> mean loss`` that
             :meth:`grulm.model.GRULM.loss` uses instead of the head and ``F.cross_entropy``,
             or None.
+        clip_sgd: a fused ``(params, grads, lrs, max_norm) -> norm`` (gradient clipping then
+            a plain SGD step, see :func:`grulm.backends.cpu.clip_sgd_`) that
+            :func:`grulm.optim.clip_and_step` uses for this backend's models, or None.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Backend:
     unavailable: Callable[[], str | None] = field(default=lambda: None)
     gathers_token_rows: bool = False
     head_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor] | None = None
+    clip_sgd: Callable[[list[Tensor], list[Tensor], list[float], float], Tensor] | None = None
 
     def unsupported(self, variant: str, device_type: str) -> str | None:
         """Why this backend cannot run ``variant`` on ``device_type``, or None if it can."""
@@ -104,6 +108,7 @@ register(
         unavailable=cpu.unavailable,
         gathers_token_rows=True,
         head_loss=cpu.head_loss,
+        clip_sgd=cpu.clip_sgd_,
     ),
     auto_rank=0,
 )

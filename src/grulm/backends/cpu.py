@@ -22,8 +22,8 @@ on a CPU (see ``csrc/gru_cpu.cpp``):
 The same extension has the output head and the loss fused (``csrc/head_loss.cpp``,
 :func:`head_loss`, used by :meth:`grulm.model.GRULM.loss`): logits, softmax, mean
 cross-entropy and their gradients without ATen's three awkwardly shaped products; and
-gradient clipping fused with a plain SGD step (``csrc/clip_sgd.cpp``, :func:`clip_sgd_`, used
-by :func:`grulm.optim.clip_and_step`).
+gradient clipping fused with a plain SGD step (``csrc/clip_sgd.cpp``, :func:`clip_sgd_`, which
+:func:`grulm.optim.clip_and_step` takes for this backend's models).
 
 The extension is compiled just in time, once per source/torch version/flags, by
 ``torch.utils.cpp_extension`` with ninja (about 22 s on two cores), into PyTorch's extension
@@ -116,15 +116,10 @@ def _build(target: Path) -> None:
     os.replace(tmp.name, target)
 
 
-def loaded() -> bool:
-    """Whether the extension is already loaded in this process (never builds or loads it)."""
-    return hasattr(torch.ops, LIBRARY_NAME) and hasattr(torch.ops.grulm_cpu, "forward")
-
-
 @functools.cache
 def _load() -> str | None:
     """Load the extension, building it first if needed; None on success, else the reason."""
-    if loaded():
+    if hasattr(torch.ops, LIBRARY_NAME) and hasattr(torch.ops.grulm_cpu, "forward"):
         return None
     try:
         target = build_dir() / f"{LIBRARY_NAME}.so"
