@@ -26,8 +26,8 @@ gradient clipping fused with a plain SGD step (``csrc/clip_sgd.cpp``, :func:`cli
 :func:`grulm.optim.clip_and_step` takes for this backend's models).
 
 The extension is compiled just in time, once per source/torch version/flags, by
-``torch.utils.cpp_extension`` with ninja (about 22 s on two cores), into PyTorch's extension
-directory (see :func:`build_dir`); later processes load the cached library directly (~20 ms).
+``torch.utils.cpp_extension`` with ninja (about 23 s on two cores), into PyTorch's extension
+directory (see :func:`build_dir`); later processes load the cached library directly (~2 ms).
 Where it cannot be built (no compiler, no ninja, a failing build) :func:`unavailable` says why
 and ``backend='auto'`` falls back to the next backend with one warning.
 """
@@ -142,7 +142,7 @@ def _summary(error: BaseException) -> str:
 def unavailable() -> str | None:
     """Why the backend cannot run here (the extension failed to build or load), or None.
 
-    The first call builds the extension if this machine has no cached copy (about a minute
+    The first call builds the extension if this machine has no cached copy (about 23 s
     on two cores), or loads the cached one.
     """
     return _load()

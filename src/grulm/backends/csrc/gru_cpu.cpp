@@ -16,7 +16,14 @@
 // Backward mirrors this per row block. The weight gradients are multi-threaded GEMMs over all
 // T·B rows after the loop.
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -206,7 +213,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   const auto weight_hh = weight_hh_in.contiguous();
   const int64_t T = x.size(0), B = h0.size(0), H = h0.size(1);
   // Biases outside R's reach fold together: r and z always, and n too for reset-before.
-  const Tensor bias_sum = (bias_ih_in + bias_hh_in).contiguous();  // (3H,)
+  const Tensor bias_sum = at::add(bias_ih_in, bias_hh_in).contiguous();  // (3H,)
   const Tensor bias_ih = bias_ih_in.contiguous();
   const Tensor bias_hh = bias_hh_in.contiguous();
   const auto opts = h0.options();

@@ -9,7 +9,11 @@
 // one pass and keeps the probabilities; the backward forms dlogits = (P - onehot) / M on its
 // rows, dx = dlogits W for them, and its part of dW^T = x^T dlogits and db, summed at the end.
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
