@@ -107,19 +107,26 @@ def test_clip_and_step_falls_back_for_other_optimisers(name, options):
         torch.testing.assert_close(p, twin, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("case", ["momentum", "subset", "missing grad", "float16"])
+@pytest.mark.parametrize(
+    "case", ["momentum", "differentiable", "subset", "missing grad", "float16"]
+)
 def test_clip_and_step_falls_back_where_plain_sgd_does_not_apply(case):
     model = torch.nn.Linear(8, 3).to(torch.float16 if case == "float16" else torch.float32)
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     parameters = list(model.parameters())
-    optimizer = torch.optim.SGD(parameters, lr=0.1, momentum=0.9 if case == "momentum" else 0)
+    optimizer = torch.optim.SGD(parameters, lr=0.1, momentum=0.9 if case == "momentum" else 0,
+                                differentiable=case == "differentiable")
     if case == "subset":
         parameters = parameters[:1]
     if case == "missing grad":
         model.bias.grad = None
     calls = []
-    clip_and_step(optimizer, parameters, 1.0, lambda *args: calls.append(args))
+    if case == "differentiable":  # SGD's own step ran: it refuses leaf tensors that way
+        with pytest.raises(RuntimeError, match="leaf Variable"):
+            clip_and_step(optimizer, parameters, 1.0, lambda *args: calls.append(args))
+    else:
+        clip_and_step(optimizer, parameters, 1.0, lambda *args: calls.append(args))
     assert calls == []
     if case == "momentum":
         assert all("momentum_buffer" in s for s in optimizer.state.values())

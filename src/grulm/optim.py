@@ -103,11 +103,11 @@ def clip_and_step(
     Args:
         fused: a backend's fused clipping + plain SGD step (``Backend.clip_sgd``), or None.
             It replaces both when the optimiser is ``torch.optim.SGD`` without momentum,
-            weight decay or ``maximize`` over exactly ``parameters`` (in order), and every
-            parameter is a contiguous float32/float64 CPU tensor with a dense gradient of its
-            own dtype. ``optimizer.step()`` is then not called: plain SGD keeps no state, so
-            the optimiser is left as its own step would leave it, and the parameters agree up
-            to float rounding.
+            weight decay, ``maximize`` or ``differentiable``, over exactly ``parameters`` (in
+            order), and every parameter is a contiguous float32/float64 CPU tensor with a
+            dense gradient of its own dtype. ``optimizer.step()`` is then not called (nor its
+            step hooks): plain SGD keeps no state, so the optimiser is left as its own step
+            would leave it, and the parameters agree up to float rounding.
 
     Returns:
         The gradients' norm before clipping, a 0-dim tensor on the device.
@@ -131,8 +131,12 @@ def _plain_sgd_lrs(
     lrs: list[float] = []
     for group in optimizer.param_groups:
         lr = group["lr"]
-        if group["momentum"] or group["weight_decay"] or group["maximize"] or not isinstance(
-            lr, float | int
+        if (
+            group["momentum"]
+            or group["weight_decay"]
+            or group["maximize"]
+            or group["differentiable"]
+            or not isinstance(lr, float | int)
         ):
             return None
         members += group["params"]

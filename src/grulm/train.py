@@ -15,9 +15,9 @@ torch RNG states (:mod:`grulm.resume`), it lets a stopped run continue with the 
 losses.
 
 The loop keeps the device busy: losses accumulate on the device, clipping and the optimiser
-step use multi-tensor kernels (one fused kernel for plain SGD on the ``cpu`` backend,
-:func:`grulm.optim.clip_and_step`), and the host reads the loss (and checks it is finite) only at
-an epoch's end and when a hook asks for it (logging, checkpoints).
+step use multi-tensor kernels (one fused kernel for plain SGD on the ``cpu`` backend, see
+:func:`grulm.optim.clip_and_step`), and the host reads the loss (and checks it is finite)
+only at an epoch's end and when a hook asks for it (logging, checkpoints).
 """
 
 from __future__ import annotations
