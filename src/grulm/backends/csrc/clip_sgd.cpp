@@ -8,8 +8,8 @@
 // which is what clipping by the global norm followed by torch.optim.SGD (no momentum, no
 // weight decay) computes. Unfused that is about 15 ATen calls through two Python layers per
 // step (per-tensor norms, a stack, a norm, a clamp, a multi-tensor multiply, the optimiser's
-// bookkeeping and a multi-tensor add): ~0.6 ms of a 25 ms seed step here, against ~0.1 ms
-// for this.
+// bookkeeping and a multi-tensor add): 0.66 ms of a 24 ms seed step here (profiled), against
+// 0.13–0.15 ms for this.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/scalar_tensor.h>
