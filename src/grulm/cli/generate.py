@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from grulm.checkpoint import load_checkpoint
-from grulm.errors import ConfigError, DataError, GrulmError
+from grulm.data.sources import read_prime_text
+from grulm.errors import ConfigError, GrulmError
 from grulm.generate import STRATEGIES, TextFormat, check_options, generate, stream
 
 DEFAULT_PREFIX = "time traveller"
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--stream works with --strategy greedy or sample, not beam")
     if args.stream and args.num_samples != 1:
         raise ConfigError("--stream prints one continuation; drop --num-samples")
-    prefix = _read_prime_file(args.prime_file) if args.prime_file else args.prefix
+    prefix = read_prime_text(args.prime_file) if args.prime_file else args.prefix
     with _warnings_to_stderr():
         checkpoint = load_checkpoint(args.checkpoint, map_location=_device(args.device))
         top_k = check_options(len(checkpoint.vocab), **options)
@@ -204,27 +205,6 @@ def _complete(checkpoint, prefix, options, stop, generator, streaming) -> None:
         model, vocab, prefix, stop=stop, generator=generator, text_format=text_format, **options
     )
     print("\n\n".join(texts), flush=True)
-
-
-def _read_prime_file(path: Path) -> str:
-    """The text of a prime file, or one clear error."""
-    if not path.exists():
-        raise DataError(f"prime file {str(path)!r} does not exist; check the path")
-    if path.is_dir():
-        raise DataError(f"prime file {str(path)!r} is a directory; pass a text file")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise DataError(f"cannot read prime file {str(path)!r} ({error.strerror})") from None
-    if b"\0" in data:
-        raise DataError(f"prime file {str(path)!r} is binary (it has NUL bytes); pass a text file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(
-            f"prime file {str(path)!r} is not UTF-8 text: byte 0x{data[error.start]:02x} at "
-            f"offset {error.start}; convert it to UTF-8"
-        ) from None
 
 
 def _device(name: str) -> torch.device:

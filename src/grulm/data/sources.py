@@ -9,6 +9,10 @@
   cache directory and is renamed into place only once it verifies, so an interrupted or
   corrupt download never leaves a file under the final name.
 - anything else is a path to a local text file.
+
+Only regular files are read, as corpora and as prime files (:func:`read_prime_text`): a FIFO,
+a device such as ``/dev/zero`` or a socket is refused from its ``stat`` alone, before any
+``open`` (opening a FIFO with no writer blocks forever, and a device never ends).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -27,7 +32,14 @@ from grulm.errors import DataError
 DATA_PATH_ENV = "GRULM_DATA_PATH"
 CACHE_ENV = "GRULM_CACHE"
 DOWNLOAD_TIMEOUT_S = 30.0
+PRIME_FILE_MAX_BYTES = 1 << 20  # a prompt, not a corpus: 1 MiB is ~200 pages of text
 _CHUNK = 1 << 20
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "named pipe (FIFO)"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
@@ -107,7 +119,8 @@ def resolve_source(data: str, *, progress: bool = False) -> ResolvedSource:
         progress: show a tqdm bar on stderr while downloading.
 
     Raises:
-        DataError: a missing, unreadable, empty or directory path; a built-in copy whose
+        DataError: a missing, unreadable or empty path, a directory or a special file (FIFO,
+            device, socket); a built-in copy whose
             checksum is wrong; no local copy and no network.
     """
     source = BUILTIN_SOURCES.get(data)
@@ -119,25 +132,76 @@ def resolve_source(data: str, *, progress: bool = False) -> ResolvedSource:
 
 
 def check_text_file(path: Path, shown: str | None = None) -> None:
-    """Raise ``DataError`` unless ``path`` is an existing, readable, non-empty regular file."""
-    shown = shown if shown is not None else str(path)
+    """Raise ``DataError`` unless ``path`` is an existing, readable, non-empty regular file.
+
+    A special file (FIFO, device, socket) is refused without being opened.
+    """
+    shown = repr(shown if shown is not None else str(path))
     names = ", ".join(BUILTIN_SOURCES)
-    if not path.exists():
-        raise DataError(
-            f"no such file: {shown!r}; check the path, or use a built-in corpus ({names})"
-        )
-    if path.is_dir():
-        raise DataError(f"{shown!r} is a directory; pass the path of a text file inside it")
     try:
-        size = path.stat().st_size
+        size = _regular_file_size(path, shown)
         with open(path, "rb"):
             pass
-    except OSError as error:
+    except FileNotFoundError:
         raise DataError(
-            f"cannot read {shown!r} ({error.strerror}); check its permissions"
+            f"no such file: {shown}; check the path, or use a built-in corpus ({names})"
         ) from None
+    except OSError as error:
+        raise DataError(_unreadable(shown, error)) from None
     if size == 0:
-        raise DataError(f"{shown!r} is empty (0 bytes); pass a file that contains text")
+        raise DataError(f"{shown} is empty (0 bytes); pass a file that contains text")
+
+
+def read_prime_text(path: Path, limit: int = PRIME_FILE_MAX_BYTES) -> str:
+    """The UTF-8 text of a prime file (a generation prompt), as it is: cleaning comes later.
+
+    At most ``limit + 1`` bytes are read, so a huge file costs no memory before it is refused.
+
+    Raises:
+        DataError: a missing file, a directory or special file, an unreadable file, one larger
+            than ``limit`` bytes, one with NUL bytes, or one that is not UTF-8.
+    """
+    shown = f"prime file {str(path)!r}"
+    try:
+        _regular_file_size(path, shown)
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)
+    except FileNotFoundError:
+        raise DataError(f"{shown} does not exist; check the path") from None
+    except OSError as error:
+        raise DataError(_unreadable(shown, error)) from None
+    if len(data) > limit:
+        raise DataError(
+            f"{shown} is larger than {limit:,} bytes, the most a prompt may be; pass a shorter "
+            "excerpt, e.g. its last lines: tail -n 1000 FILE > prompt.txt"
+        )
+    if b"\0" in data:
+        raise DataError(f"{shown} is binary (it has NUL bytes); pass a text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{shown} is not UTF-8 text: byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}; convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+
+
+def _regular_file_size(path: Path, shown: str) -> int:
+    """The size of ``path`` from its ``stat`` (nothing is opened), or ``DataError`` unless it
+    is a regular file; ``shown`` is how the message names it. Raises ``FileNotFoundError``
+    for a missing path and ``OSError`` when it cannot be examined."""
+    info = path.stat()
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{shown} is a directory; pass the path of a text file inside it")
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), "special file")
+        raise DataError(f"{shown} is a {kind}, not a regular file; pass a text file")
+    return info.st_size
+
+
+def _unreadable(shown: str, error: OSError) -> str:
+    return f"cannot read {shown} ({error.strerror}); check the path and its permissions"
 
 
 def file_digest(path: Path, algorithm: str) -> str:
