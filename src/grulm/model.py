@@ -250,3 +250,29 @@ class GRULM(nn.Module):
             x, h = backend.gru_layer(x, state[k], *weights, reset_after=reset_after)
             final_states.append(h)  # x: (B, T, H), h: (B, H)
         return x, torch.stack(final_states)
+
+
+def parameter_shapes(config: GRUConfig) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of ``GRULM(config).state_dict()``, buffers included, unbuilt.
+
+    Lets a checkpoint be checked against its weights file before any memory is allocated: a
+    config edited to ``hidden_size: 100000`` fails on shapes instead of building a 120 GB model.
+
+    Returns:
+        ``{name: shape}``: ``embedding.weight`` (V, I) for embedding input; per layer k
+        ``gru.weight_ih_l{k}`` (3H, I for k = 0 else H), ``gru.weight_hh_l{k}`` (3H, H),
+        ``gru.bias_ih_l{k}`` (3H,), ``gru.bias_hh_l{k}`` (3H,) (a zero buffer in reset-before);
+        ``head.weight`` (V, H), ``head.bias`` (V,).
+    """
+    V, H, E = config.vocab_size, config.hidden_size, config.input_size  # E: layer 0's input
+    shapes: dict[str, tuple[int, ...]] = {}
+    if config.input_kind == "embedding":
+        shapes["embedding.weight"] = (V, E)
+    for k in range(config.num_layers):
+        shapes[f"gru.weight_ih_l{k}"] = (3 * H, E if k == 0 else H)
+        shapes[f"gru.weight_hh_l{k}"] = (3 * H, H)
+        shapes[f"gru.bias_ih_l{k}"] = (3 * H,)
+        shapes[f"gru.bias_hh_l{k}"] = (3 * H,)
+    shapes["head.weight"] = (V, H)
+    shapes["head.bias"] = (V,)
+    return shapes
