@@ -259,12 +259,12 @@ def parameter_shapes(config: GRUConfig) -> dict[str, tuple[int, ...]]:
     config edited to ``hidden_size: 100000`` fails on shapes instead of building a 120 GB model.
 
     Returns:
-        ``{name: shape}``: ``embedding.weight`` (V, I) for embedding input; per layer k
-        ``gru.weight_ih_l{k}`` (3H, I for k = 0 else H), ``gru.weight_hh_l{k}`` (3H, H),
+        ``{name: shape}``: ``embedding.weight`` (V, E) for embedding input; per layer k
+        ``gru.weight_ih_l{k}`` (3H, E for k = 0 else H), ``gru.weight_hh_l{k}`` (3H, H),
         ``gru.bias_ih_l{k}`` (3H,), ``gru.bias_hh_l{k}`` (3H,) (a zero buffer in reset-before);
-        ``head.weight`` (V, H), ``head.bias`` (V,).
+        ``head.weight`` (V, H), ``head.bias`` (V,); E is ``config.input_size`` (V for one-hot).
     """
-    V, H, E = config.vocab_size, config.hidden_size, config.input_size  # E: layer 0's input
+    V, H, E = config.vocab_size, config.hidden_size, config.input_size
     shapes: dict[str, tuple[int, ...]] = {}
     if config.input_kind == "embedding":
         shapes["embedding.weight"] = (V, E)
