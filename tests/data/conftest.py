@@ -1,7 +1,10 @@
-"""Fixtures for the data tests: an empty cache and data path per test, the shared corpora."""
+"""Fixtures for the data tests: an empty cache and data path per test, the shared corpora,
+a FIFO that cannot hang a test."""
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,3 +26,26 @@ def shared_data(monkeypatch) -> Path:
         pytest.skip(f"the shared corpora are not at {SHARED_DATA}")
     monkeypatch.setenv("GRULM_DATA_PATH", str(SHARED_DATA))
     return SHARED_DATA
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    """A named pipe with no writer. Code that wrongly opens it for reading would block forever;
+    a thread watches for such a reader and opens the write end at once, so the reader sees end
+    of file and the test fails instead of hanging."""
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    done = threading.Event()
+
+    def release_readers():
+        while not done.wait(0.02):
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:  # ENXIO: nobody is reading
+                continue
+
+    watcher = threading.Thread(target=release_readers, daemon=True)
+    watcher.start()
+    yield path
+    done.set()
+    watcher.join()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import os
 import socket
 import threading
 
@@ -159,3 +160,47 @@ def test_bad_local_paths(tmp_path, make, message):
     make(path)
     with pytest.raises(DataError, match=message):
         resolve_source(str(path))
+
+
+# Special files are refused from their stat alone: opening a FIFO with no writer blocks forever
+# and a device never ends.
+def test_a_fifo_is_refused_without_being_opened(fifo):
+    with pytest.raises(DataError) as error:
+        resolve_source(str(fifo))
+    assert str(error.value) == (
+        f"'{fifo}' is a named pipe (FIFO), not a regular file; pass a text file"
+    )
+
+
+def test_a_socket_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a short relative name: socket paths are limited to ~100 bytes
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind("corpus.sock")
+    with pytest.raises(DataError, match="^'corpus.sock' is a socket, not a regular file"):
+        resolve_source("corpus.sock")
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "/dev/null"])
+def test_a_device_is_refused(device):
+    if not os.path.exists(device):
+        pytest.skip(f"{device} is absent")
+    with pytest.raises(DataError) as error:
+        resolve_source(device)
+    assert str(error.value) == (
+        f"'{device}' is a character device, not a regular file; pass a text file"
+    )
+
+
+def test_a_symlink_to_a_regular_file_is_read_and_one_to_a_device_is_not(tmp_path):
+    (tmp_path / "real.txt").write_text("hello")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "real.txt")
+    assert resolve_source(str(tmp_path / "link.txt")).path == tmp_path / "link.txt"
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    with pytest.raises(DataError, match="is a character device"):
+        resolve_source(str(tmp_path / "zero"))
+
+
+def test_a_path_through_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match="cannot read .*Not a directory.*check the path"):
+        resolve_source(str(tmp_path / "file" / "corpus.txt"))
