@@ -1,5 +1,6 @@
 """Whole-file preparation and its cache: bad text, raw and word tokens, compact ids,
-chunking that does not change the result, cache round-trip and repair."""
+chunking that does not change the result, cache round-trip and repair, BOM and line ends,
+a min_freq that leaves nothing."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_bad_options(tmp_path):
 TEXT = "The Time Traveller, (for so it will be\r\nconvenient to speak of him)\rwas\n\nexpounding…\n"
 
 
-@pytest.mark.parametrize("cleaning", ["d2l", "raw"])
+@pytest.mark.parametrize("cleaning", ["d2l", "raw", "none"])
 @pytest.mark.parametrize("token", ["char", "word"])
 def test_chunking_does_not_change_the_result(tmp_path, monkeypatch, cleaning, token):
     path = write(tmp_path, TEXT * 40)
@@ -86,8 +87,10 @@ def test_words_d2l_and_raw(tmp_path):
     d2l = load_corpus(str(path), token="word")
     assert d2l.decode(d2l.ids[:4]) == "the time traveller for"
     raw = load_corpus(str(path), cleaning="raw", token="word")
-    assert raw.decode(raw.ids) == TEXT  # round trip
+    assert raw.decode(raw.ids) == TEXT.replace("\r\n", "\n").replace("\r", "\n")
     assert raw.vocab.to_tokens(raw.ids[:4]) == raw_words(TEXT)[:4] == ["The", " ", "Time", " "]
+    none = load_corpus(str(path), cleaning="none", token="word")
+    assert none.decode(none.ids) == TEXT  # round trip, every character kept
 
 
 def test_a_large_vocabulary_is_stored_as_uint16_and_round_trips(tmp_path):
@@ -148,3 +151,86 @@ def test_describe_identifies_the_data(tmp_path):
     info = corpus.describe()
     assert info["sha256"] == corpus.sha256 and info["num_tokens"] == len(corpus)
     assert (info["cleaning"], info["token"], info["vocab_size"]) == ("d2l", "char", 24)
+
+
+# ------------------------------------------------------------------------------ BOM, line ends
+LF_TEXT = "The Time Traveller (for so it will be\nconvenient to speak of him)\n\nwas expounding\n"
+
+
+def windows_copy(text: str) -> bytes:
+    """What Notepad writes: a UTF-8 byte-order mark and CRLF line ends."""
+    return b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode("utf-8")
+
+
+@pytest.mark.parametrize("token", ["char", "word"])
+def test_raw_reads_a_bom_crlf_copy_exactly_as_its_lf_original(tmp_path, token):
+    lf = load_corpus(str(write(tmp_path, LF_TEXT * 5, "lf.txt")), cleaning="raw", token=token)
+    crlf_path = write(tmp_path, windows_copy(LF_TEXT * 5), "crlf.txt")
+    crlf = load_corpus(str(crlf_path), cleaning="raw", token=token)
+    assert crlf.vocab == lf.vocab and torch.equal(crlf.ids, lf.ids)
+    assert "\ufeff" not in crlf.vocab and "\r" not in crlf.vocab
+    mac = write(tmp_path, (LF_TEXT * 5).replace("\n", "\r"), "cr.txt")  # classic Mac line ends
+    assert torch.equal(load_corpus(str(mac), cleaning="raw", token=token).ids, lf.ids)
+
+
+@pytest.mark.parametrize("token", ["char", "word"])
+def test_none_keeps_the_bom_and_every_carriage_return(tmp_path, token):
+    path = write(tmp_path, windows_copy(LF_TEXT))
+    corpus = load_corpus(str(path), cleaning="none", token=token)
+    assert corpus.decode(corpus.ids) == path.read_bytes().decode("utf-8")
+    assert corpus.vocab.to_tokens(int(corpus.ids[0])) == "\ufeff"
+
+
+def test_a_crlf_across_a_read_boundary_is_one_newline(tmp_path, monkeypatch):
+    line = "x" * 60 + "\r\n"
+    path = write(tmp_path, b"\xef\xbb\xbf" + (line * 4 + "\ufeffend\r\n").encode())
+    assert path.read_bytes()[63:65] == b"\r\n"  # the first 64-byte read ends between them
+    whole = prepare(path, cleaning="raw")
+    monkeypatch.setattr(prepare_module, "CHUNK_BYTES", 64)
+    chunked = prepare(path, cleaning="raw")
+    assert chunked.vocab == whole.vocab and torch.equal(chunked.ids, whole.ids)
+    text = chunked.vocab.to_tokens(chunked.ids)
+    assert "".join(text) == ("x" * 60 + "\n") * 4 + "\ufeffend\n"  # only the first BOM goes
+    assert "\r" not in text
+
+
+def test_raw_ids_prepared_before_the_bom_rule_are_not_reused(tmp_path):
+    path = write(tmp_path, windows_copy(LF_TEXT))
+    load_prepared(path, cleaning="raw")
+    (entry,) = entries()
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["format"] == prepare_module.FORMAT == "grulm.prepared/2"
+    meta["format"] = "grulm.prepared/1"  # as written by the previous version
+    (entry / "meta.json").write_text(json.dumps(meta))
+    again = load_prepared(path, cleaning="raw")
+    assert not again.cached and "\r" not in again.vocab
+
+
+def test_a_file_with_only_a_bom_has_no_text(tmp_path):
+    path = write(tmp_path, b"\xef\xbb\xbf")
+    with pytest.raises(DataError, match="no text is left after raw cleaning.*byte-order mark"):
+        load_corpus(str(path), cleaning="raw")
+    assert load_corpus(str(path), cleaning="none").vocab.idx_to_token == ["<unk>", "\ufeff"]
+
+
+# ------------------------------------------------------------------------------ min_freq
+@pytest.mark.parametrize("cleaning", ["d2l", "raw"])
+@pytest.mark.parametrize("token", ["char", "word"])
+def test_a_min_freq_that_leaves_only_unk_is_refused(tmp_path, cleaning, token):
+    path = write(tmp_path, "a bb a\n")  # 'a' comes first of the most frequent tokens
+    expected = (
+        f"min_freq 1000000 leaves only <unk> in the vocabulary of {path}: its most frequent "
+        "token, 'a', occurs 2 times; lower --min-freq to 2 or less"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_corpus(str(path), cleaning=cleaning, token=token, min_freq=1_000_000)
+    assert str(error.value) == expected
+    assert not entries()  # nothing cached
+    kept = load_corpus(str(path), cleaning=cleaning, token=token, min_freq=2)
+    assert kept.vocab.idx_to_token[:2] == ["<unk>", "a"]
+
+
+def test_reserved_tokens_do_not_count_as_corpus_tokens(tmp_path):
+    path = write(tmp_path, "abc\n")
+    with pytest.raises(ConfigError, match="min_freq 2 leaves only <unk>"):
+        load_corpus(str(path), min_freq=2, reserved_tokens=["<eos>"])

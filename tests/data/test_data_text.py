@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from grulm.data.text import (
     clean_d2l,
     clean_line_d2l,
+    clean_raw,
     d2l_words,
     decode_raw,
     join_tokens,
@@ -74,7 +75,34 @@ def test_text_to_tokens_and_join_tokens():
     assert join_tokens(["time", "traveller"], "d2l", "word") == "time traveller"
     assert text_to_tokens("Hé!", "raw", "char") == ["H", "é", "!"]
     assert join_tokens(raw_words("a, b\n"), "raw", "word") == "a, b\n"
-    with pytest.raises(ConfigError, match="cleaning must be one of d2l, raw"):
+    with pytest.raises(ConfigError, match="cleaning must be one of d2l, raw, none, got 'lower'"):
         text_to_tokens("x", cleaning="lower")
     with pytest.raises(ConfigError, match="token must be one of char, word"):
         join_tokens([], token="bpe")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(alphabet="ab \n\r\ufeffé", max_size=40))
+def test_raw_cleaning_reads_as_python_text_mode_with_utf_8_sig(text):
+    file = io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding="utf-8-sig", newline=None)
+    assert clean_raw(text) == file.read()
+
+
+def test_raw_cleaning_drops_only_a_leading_bom_and_normalises_line_ends():
+    assert clean_raw("\ufeff\ufeffa\r\nb\rc\n\r\n") == "\ufeffa\nb\nc\n\n"
+    assert clean_raw("\ufeffa", at_start=False) == "\ufeffa"  # mid-file: not a BOM
+
+
+def test_prompts_are_cleaned_like_the_corpus():
+    prompt = "\ufeffHi,\r\nyou\r"
+    assert text_to_tokens(prompt, "raw", "char") == list("Hi,\nyou\n")
+    assert text_to_tokens(prompt, "raw", "word") == ["Hi", ",", "\n", "you", "\n"]
+    assert text_to_tokens(prompt, "none", "char") == list(prompt)
+    assert text_to_tokens(prompt, "none", "word") == ["\ufeff", "Hi", ",", "\r", "\n", "you", "\r"]
+    assert join_tokens(text_to_tokens(prompt, "none", "word"), "none", "word") == prompt
+
+
+def test_d2l_reads_a_lone_surrogate_as_a_separator():
+    # A command-line argument with a byte that is not UTF-8 arrives as a lone surrogate.
+    assert text_to_tokens("ab\udcffcd", "d2l", "word") == ["ab", "cd"]
+    assert text_to_tokens("ab\udcffcd", "d2l", "char") == list("ab cd")

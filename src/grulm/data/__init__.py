@@ -3,8 +3,9 @@
 Modules, in the order data flows through them:
 
 - :mod:`~grulm.data.sources`: built-in corpora, ``GRULM_DATA_PATH``, the cache, verified
-  downloads, local files.
-- :mod:`~grulm.data.text`: cleaning (``d2l`` | ``raw``) and tokens (``char`` | ``word``).
+  downloads, local files (regular files only), prime files for generation.
+- :mod:`~grulm.data.text`: cleaning (``d2l`` | ``raw`` | ``none``) and tokens
+  (``char`` | ``word``).
 - :mod:`~grulm.data.vocab`: :class:`Vocab`, the seed's id order, JSON round-trip.
 - :mod:`~grulm.data.prepare`: whole-file preparation to compact ids, cached on disk.
 - :mod:`~grulm.data.corpus`: :func:`load_corpus` → :class:`Corpus` (the entry point).

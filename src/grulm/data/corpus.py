@@ -30,7 +30,7 @@ class Corpus:
         vocab: built from the whole text.
         source: the built-in name, or the path as given.
         sha256: hex sha256 of the file's bytes.
-        cleaning: ``d2l`` or ``raw``.
+        cleaning: ``d2l``, ``raw`` or ``none`` (see :mod:`grulm.data.text`).
         token: ``char`` or ``word``.
         min_freq: tokens rarer than this map to ``<unk>``.
     """
@@ -82,7 +82,8 @@ def load_corpus(
 
     Args:
         data: ``timemachine``, ``tinyshakespeare`` or a path to a text file.
-        cleaning: ``d2l`` (letters only, lower case; the seed) or ``raw`` (UTF-8 as is).
+        cleaning: ``d2l`` (letters only, lower case; the seed), ``raw`` (UTF-8, the leading
+            BOM dropped, universal newlines) or ``none`` (UTF-8 exactly as is).
         token: ``char`` (the seed) or ``word``.
         min_freq: drop tokens seen fewer times from the vocabulary (they become ``<unk>``).
         reserved_tokens: tokens placed right after ``<unk>`` in the vocabulary.
@@ -91,8 +92,9 @@ def load_corpus(
 
     Raises:
         DataError: see :func:`~grulm.data.sources.resolve_source`; also undecodable bytes
-            with ``raw`` and a file with nothing left after ``d2l`` cleaning.
-        ConfigError: an unknown cleaning or token kind, or a negative ``min_freq``.
+            with ``raw`` or ``none`` and a file with nothing left after cleaning.
+        ConfigError: an unknown cleaning or token kind, a negative ``min_freq``, or one that
+            leaves no token besides ``<unk>``.
     """
     resolved = resolve_source(data, progress=progress)
     prepared = load_prepared(

@@ -1,10 +1,13 @@
 """Text file → compact token ids + vocabulary, prepared once and cached.
 
-:func:`prepare` reads a file in chunks of whole lines (16 MiB), cleans and tokenizes each chunk
-with the whole-text functions of :mod:`grulm.data.text`, counts tokens in first-appearance
+:func:`prepare` reads a file in chunks of whole lines (16 MiB, each ending just after a ``\\n``,
+so a ``\\r\\n`` is never split and a multi-byte character never cut), cleans and tokenizes each
+chunk with the whole-text functions of :mod:`grulm.data.text` (the ``raw`` cleaning drops a
+byte-order mark only at the start of the first chunk), counts tokens in first-appearance
 order, builds the :class:`~grulm.data.vocab.Vocab`, and maps tokens to ids without a Python
 loop per character (``bytes.translate`` when every token is one ASCII byte). Time and memory
-grow linearly with the file size.
+grow linearly with the file size. A vocabulary that ``min_freq`` leaves with no token besides
+``<unk>`` is refused: a model of it could only ever predict ``<unk>``.
 
 :func:`load_prepared` caches the result under ``<cache>/prepared/<key>/`` where the key hashes
 the file's sha256 and every option that changes the ids (cleaning, token, min_freq, reserved
@@ -29,18 +32,25 @@ import sys
 import tempfile
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from grulm.data.sources import cache_dir
-from grulm.data.text import check_text_options, clean_d2l, d2l_words, decode_raw, raw_words
-from grulm.data.vocab import Vocab
+from grulm.data.text import (
+    check_text_options,
+    clean_d2l,
+    clean_raw,
+    d2l_words,
+    decode_raw,
+    raw_words,
+)
+from grulm.data.vocab import UNK, Vocab
 from grulm.errors import ConfigError, DataError
 
-FORMAT = "grulm.prepared/1"
+FORMAT = "grulm.prepared/2"  # 2: raw cleaning drops the BOM and reads universal newlines
 CHUNK_BYTES = 16 << 20
 _UTF32 = "utf-32-le" if sys.byteorder == "little" else "utf-32-be"  # native, like array("I")
 _DISK_DTYPES = {"uint8": (torch.uint8, "B", 1), "uint16": (torch.uint16, "H", 2),
@@ -140,10 +150,15 @@ def prepare(
     finally:
         if bar is not None:
             bar.close()
-    if ids.numel() == 0:
+    if ids.numel() == 0 and cleaning == "d2l":
         raise DataError(
             f"{name}: nothing is left after d2l cleaning (it keeps only the letters A-Z, a-z); "
             "use --cleaning raw to keep all UTF-8 text"
+        )
+    if ids.numel() == 0:
+        raise DataError(
+            f"{name}: no text is left after {cleaning} cleaning (the file is empty or holds "
+            "only a byte-order mark); pass a file that contains text"
         )
     return Prepared(ids, vocab, sha256 if sha256 is not None else _sha256(path))
 
@@ -167,6 +182,25 @@ def _chunks(path: Path) -> Iterator[tuple[int, bytes]]:
         yield offset, tail
 
 
+def _decode(raw: bytes, offset: int, cleaning: str, name: str) -> str:
+    """A chunk's text under ``raw`` or ``none`` cleaning (``offset``: where it starts)."""
+    text = decode_raw(raw, offset=offset, name=name)
+    return clean_raw(text, at_start=offset == 0) if cleaning == "raw" else text
+
+
+def _vocab(counts: Mapping[str, int], min_freq: int, reserved: Sequence[str], name: str) -> Vocab:
+    """The vocabulary of ``counts``, refused when ``min_freq`` keeps none of their tokens."""
+    if counts:
+        token, count = max(counts.items(), key=lambda item: item[1])
+        if count < min_freq:
+            raise ConfigError(
+                f"min_freq {min_freq} leaves only {UNK} in the vocabulary of {name}: its most "
+                f"frequent token, {token!r}, occurs {count} times; lower --min-freq to "
+                f"{count} or less"
+            )
+    return Vocab.from_counts(counts, min_freq, reserved)
+
+
 def _bar(progress: bool, total: int, desc: str):
     if not progress:
         return None
@@ -188,13 +222,13 @@ def _prepare_chars(path, cleaning, min_freq, reserved, name, bar):
         if cleaning == "d2l":
             text: bytes | str = clean_d2l(raw)
         else:
-            text = decode_raw(raw, offset=offset, name=name)
+            text = _decode(raw, offset, cleaning, name)
             if text.isascii():
-                text = raw  # the same characters, as bytes
+                text = text.encode("ascii")  # bytes take the fast path below
         counts.update(_count_chars(text))
         pieces.append((len(raw), text))
         _advance(bar, len(raw))
-    vocab = Vocab.from_counts(counts, min_freq, reserved)
+    vocab = _vocab(counts, min_freq, reserved, name)
     char_ids = {ch: vocab[ch] for ch in counts}  # dropped (rare) characters → 0, <unk>
     if len(vocab) <= 256 and all(isinstance(text, bytes) for _, text in pieces):
         table = bytearray(256)
@@ -235,7 +269,7 @@ def _count_chars(text: bytes | str) -> Counter:
 def _words(raw: bytes, offset: int, cleaning: str, name: str) -> list:
     if cleaning == "d2l":
         return d2l_words(raw)  # bytes tokens (ASCII)
-    return raw_words(decode_raw(raw, offset=offset, name=name))
+    return raw_words(_decode(raw, offset, cleaning, name))
 
 
 def _prepare_words(path, cleaning, min_freq, reserved, name, bar):
@@ -253,7 +287,7 @@ def _prepare_words(path, cleaning, min_freq, reserved, name, bar):
     order = torch.frombuffer(provisional, dtype=torch.uint32).to(torch.int64)  # (N,)
     counts = torch.bincount(order, minlength=len(first_seen)).tolist()
     words = [w.decode("ascii") for w in first_seen] if cleaning == "d2l" else list(first_seen)
-    vocab = Vocab.from_counts(dict(zip(words, counts, strict=True)), min_freq, reserved)
+    vocab = _vocab(dict(zip(words, counts, strict=True)), min_freq, reserved, name)
     remap = torch.tensor(vocab[words], dtype=torch.int32)  # provisional id → vocab id
     ids = remap[order]
     return (ids.to(torch.uint8) if len(vocab) <= 256 else ids), vocab

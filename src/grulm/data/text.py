@@ -6,8 +6,13 @@ Cleaning (``cleaning=``):
   (:func:`clean_line_d2l`); lines are read as Python's text mode does, so ``\\n``, ``\\r\\n``
   and ``\\r`` all end a line. Bytes that are not ASCII letters are separators, so the file
   need not be valid UTF-8.
-- ``raw``: the file is decoded as UTF-8 and kept exactly as it is (line ends included);
-  an undecodable byte is an error that names its offset.
+- ``raw`` (the default for a text file): the file is decoded as UTF-8 and read as Python's
+  text mode reads it with ``encoding="utf-8-sig"`` (:func:`clean_raw`): one byte-order mark
+  (U+FEFF) at the start of the file is dropped, and line ends are universal newlines
+  (``\\r\\n`` and a lone ``\\r`` each become ``\\n``). Everything else is kept as it is, so a
+  BOM + CRLF copy of a text gives exactly the tokens of its LF original. An undecodable byte
+  is an error that names its offset.
+- ``none``: the file is decoded as UTF-8 and kept exactly as it is, BOM and ``\\r`` included.
 
 Tokens (``token=``):
 
@@ -15,8 +20,8 @@ Tokens (``token=``):
   separator between lines, exactly d2l's ``load_corpus_time_machine`` (so the last word of a
   line runs into the first word of the next).
 - ``word``: with ``d2l`` cleaning, each cleaned line split on spaces (d2l's
-  ``tokenize(lines, 'word')``); detokenize by joining with one space. With ``raw`` cleaning,
-  the text is cut into runs of word characters (``\\w+``), single punctuation or symbol
+  ``tokenize(lines, 'word')``); detokenize by joining with one space. With ``raw`` or ``none``
+  cleaning, the text is cut into runs of word characters (``\\w+``), single punctuation or symbol
   characters, single newlines and runs of other whitespace, so that concatenating the tokens
   gives the text back exactly (:func:`raw_words`); detokenize by joining with ``""``.
 
@@ -32,7 +37,8 @@ import re
 
 from grulm.errors import ConfigError, DataError
 
-CLEANINGS = ("d2l", "raw")
+CLEANINGS = ("d2l", "raw", "none")
+BOM = "\ufeff"
 TOKENS = ("char", "word")
 
 
@@ -99,6 +105,18 @@ def decode_raw(data: bytes, *, offset: int = 0, name: str = "the text") -> str:
         ) from None
 
 
+def clean_raw(text: str, *, at_start: bool = True) -> str:
+    """The ``raw`` cleaning of decoded text: the leading BOM dropped, universal newlines.
+
+    Args:
+        at_start: whether ``text`` begins the file; only there is a U+FEFF a byte-order mark
+            (elsewhere it is a zero-width no-break space, and kept).
+    """
+    if at_start and text.startswith(BOM):
+        text = text[1:]
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def raw_words(text: str) -> list[str]:
     """Round-tripping word tokens: ``"".join(raw_words(t)) == t`` for every string ``t``.
 
@@ -112,14 +130,17 @@ def raw_words(text: str) -> list[str]:
 def text_to_tokens(text: str, cleaning: str = "d2l", token: str = "char") -> list[str]:
     """Clean and tokenize a string the way a corpus is (for prompts and small texts).
 
-    Shapes: ``str`` → ``list[str]``; ids come from ``vocab[tokens]``.
+    Shapes: ``str`` → ``list[str]``; ids come from ``vocab[tokens]``. ``text`` is read as the
+    start of a file, so with ``raw`` a leading BOM is dropped.
     """
     check_text_options(cleaning, token)
     if cleaning == "d2l":
-        data = text.encode("utf-8")
+        data = text.encode("utf-8", "surrogatepass")  # a lone surrogate is a separator too
         if token == "char":
             return list(clean_d2l(data).decode("ascii"))
         return [word.decode("ascii") for word in d2l_words(data)]
+    if cleaning == "raw":
+        text = clean_raw(text)
     return list(text) if token == "char" else raw_words(text)
 
 
