@@ -1,0 +1,287 @@
+"""Memory estimates against the bytes real models keep, and what the system says is free."""
+
+import json
+import resource
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from grulm import memory
+from grulm.errors import ConfigError
+from grulm.model import GRULM, GRUConfig
+from grulm.optim import OPTIMIZERS, make_optimizer
+
+# ---------------------------------------------------------------------------------------------
+# The estimates against reality.
+
+
+def test_parameter_count_is_the_models():
+    for config in (
+        GRUConfig(28, 32),
+        GRUConfig(28, 16, 3, variant="reset_after"),
+        GRUConfig(50, 16, 2, input_kind="embedding", embedding_size=8),
+    ):
+        model = GRULM(config)
+        numbers = sum(t.numel() for t in [*model.parameters(), *model.buffers()])
+        assert memory.parameter_count(config) == numbers
+
+
+def test_every_optimizer_has_a_state_size():
+    assert set(memory.OPTIMIZER_STATE) == set(OPTIMIZERS)
+
+
+def kept_bytes(config, batch_size, num_steps, optimizer):
+    """Bytes one training step keeps: parameters (and buffers), gradients, the optimiser's
+    state, and every tensor autograd saved for backward that is not a parameter (each
+    storage once)."""
+    torch.manual_seed(0)
+    model = GRULM(config)
+    opt = make_optimizer(model, optimizer, lr=1e-3)
+    inputs, targets = torch.randint(config.vocab_size, (2, batch_size, num_steps))
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss, _ = model.loss(inputs, targets)
+    loss.backward()
+    opt.step()
+    own = [*model.parameters(), *model.buffers()]
+    own_storages = {t.untyped_storage().data_ptr() for t in own}
+    state = [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    grads = [p.grad for p in model.parameters()]
+    return (
+        sum(t.numel() * t.element_size() for t in [*own, *grads, *state])
+        + sum(n for pointer, n in saved.items() if pointer not in own_storages)
+    )
+
+
+TRAINING_CASES = [
+    (GRUConfig(28, 32, backend="reference"), 4, 5, "sgd"),
+    (GRUConfig(28, 32, backend="cpu"), 4, 5, "sgd"),
+    (GRUConfig(28, 32, 2, backend="reference"), 32, 35, "adam"),
+    (GRUConfig(28, 32, 2, backend="cpu"), 32, 35, "adam"),
+    (GRUConfig(28, 64, 2, variant="reset_after", backend="torch"), 32, 35, "sgd"),
+    (GRUConfig(28, 64, 2, variant="reset_after", backend="cpu"), 32, 35, "sgd"),
+    (GRUConfig(100, 16, 3, input_kind="embedding", embedding_size=8, backend="cpu"), 32, 35,
+     "adamw"),
+    (GRUConfig(100, 16, 3, input_kind="embedding", embedding_size=8, backend="reference"), 2, 3,
+     "sgd"),
+]
+
+
+@pytest.mark.parametrize(
+    ("config", "batch_size", "num_steps", "optimizer"),
+    TRAINING_CASES,
+    ids=[f"{c.backend}-{c.num_layers}x{c.hidden_size}-{c.input_kind}-{b}x{t}-{o}"
+         for c, b, t, o in TRAINING_CASES],
+)
+def test_training_estimate_covers_what_a_step_keeps(config, batch_size, num_steps, optimizer):
+    kept = kept_bytes(config, batch_size, num_steps, optimizer)
+    estimate = memory.training_bytes(config, batch_size, num_steps, optimizer)
+    assert kept <= estimate <= 3 * kept, (kept, estimate)
+
+
+PEAK_SCRIPT = """
+import json, resource, sys
+import torch
+torch.set_num_threads(1)
+from grulm import memory
+from grulm.evaluate import evaluate
+from grulm.model import GRULM, GRUConfig
+from grulm.optim import make_optimizer
+
+def resident():
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+
+config = GRUConfig(**json.loads(sys.argv[1]))
+B, T, mode = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+model = GRULM(config)
+if mode == "eval":
+    evaluate(model, torch.randint(config.vocab_size, (40,)), 2, 3)  # load every kernel first
+    ids = torch.randint(config.vocab_size, (B * T + 1,))
+    before = resident()
+    evaluate(model, ids, B, T)
+    estimate = memory.inference_bytes(config, B, T)
+else:
+    optimizer = make_optimizer(model, mode, lr=1e-3)
+    inputs, targets = torch.randint(config.vocab_size, (2, B, T))
+    loss, _ = model.loss(inputs[:2, :3], targets[:2, :3])  # load every kernel first
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    before = resident()
+    loss, _ = model.loss(inputs, targets)
+    loss.backward()
+    optimizer.step()
+    estimate = memory.training_bytes(config, B, T, mode)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"grown": peak - before + memory.parameter_bytes(config),
+                  "estimate": estimate}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/statm")
+@pytest.mark.parametrize(
+    ("config", "batch_size", "num_steps", "mode"),
+    [
+        ({"vocab_size": 28, "hidden_size": 256, "backend": "cpu"}, 256, 35, "sgd"),
+        ({"vocab_size": 2000, "hidden_size": 32, "backend": "cpu"}, 64, 35, "adam"),
+        ({"vocab_size": 28, "hidden_size": 256, "num_layers": 2, "backend": "cpu"}, 512, 64,
+         "eval"),
+        ({"vocab_size": 4000, "hidden_size": 32, "backend": "reference"}, 128, 64, "eval"),
+    ],
+    ids=["train-hidden", "train-vocab", "eval-hidden", "eval-vocab"],
+)
+def test_estimate_covers_the_resident_memory_a_real_process_grows_by(
+    config, batch_size, num_steps, mode
+):
+    """The peak resident size of a fresh process over one large step or evaluation (tens to
+    hundreds of MiB, far above the noise), plus the model it had already built."""
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, json.dumps(config), str(batch_size),
+         str(num_steps), mode],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    numbers = json.loads(result.stdout)
+    assert numbers["grown"] <= numbers["estimate"] <= 3 * numbers["grown"], numbers
+
+
+def test_inference_estimate_is_below_training_and_grows_with_the_batch():
+    config = GRUConfig(28, 256)
+    small = memory.inference_bytes(config, 32, 35)
+    assert small < memory.training_bytes(config, 32, 35, "sgd")
+    assert memory.inference_bytes(config, 64, 35) > small
+    assert memory.training_bytes(config, 32, 35, "adam") > memory.training_bytes(
+        config, 32, 35, "sgd"
+    )
+
+
+def test_generation_estimate_counts_the_kept_text_unless_streamed():
+    config = GRUConfig(28, 256)
+    kept = memory.generation_bytes(config, 1000, 100_000)
+    streamed = memory.generation_bytes(config, 1000, 100_000, keep_text=False)
+    assert kept - streamed >= 1000 * 100_000 * 8  # at least the int64 ids
+    assert streamed < 2 ** 30
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: memory.training_bytes(c, 32, 35, "rmsprop"),
+        lambda c: memory.training_bytes(c, 0, 35, "sgd"),
+        lambda c: memory.inference_bytes(c, -1, 35),
+        lambda c: memory.inference_bytes(c, 32, 0),
+        lambda c: memory.generation_bytes(c, 0, 10),
+    ],
+    ids=["optimizer", "train-batch", "eval-batch", "eval-steps", "generate-batch"],
+)
+def test_bad_arguments_are_config_errors(call):
+    with pytest.raises(ConfigError):
+        call(GRUConfig(28, 16))
+
+
+# ---------------------------------------------------------------------------------------------
+# What is available, and the refusal.
+
+
+def test_the_environment_override_wins(monkeypatch):
+    monkeypatch.setenv("GRULM_MEMORY_LIMIT", "123456789")
+    assert memory.available_bytes() == 123456789
+    monkeypatch.setenv("GRULM_MEMORY_LIMIT", "2G")
+    assert memory.available_bytes() == 2 << 30
+    monkeypatch.setenv("GRULM_MEMORY_LIMIT", "lots")
+    with pytest.raises(ConfigError, match="GRULM_MEMORY_LIMIT must be a number of bytes"):
+        memory.available_bytes()
+
+
+def _fake_system(tmp_path, monkeypatch, *, meminfo_kib, cgroup_lines, files):
+    """A /proc and /sys/fs/cgroup of our own: ``files`` maps paths under the cgroup root to
+    their contents."""
+    proc, cgroup = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(
+        f"MemTotal:       99999999 kB\nMemAvailable:   {meminfo_kib} kB\n"
+    )
+    (proc / "self" / "cgroup").write_text("".join(line + "\n" for line in cgroup_lines))
+    (proc / "self" / "status").write_text("VmSize:\t  1024 kB\n")
+    for name, text in files.items():
+        (cgroup / name).parent.mkdir(parents=True, exist_ok=True)
+        (cgroup / name).write_text(text)
+    cgroup.mkdir(exist_ok=True)
+    monkeypatch.setattr(memory, "PROC", proc)
+    monkeypatch.setattr(memory, "CGROUP", cgroup)
+    monkeypatch.delenv("GRULM_MEMORY_LIMIT", raising=False)
+
+
+def test_meminfo_alone(tmp_path, monkeypatch):
+    _fake_system(tmp_path, monkeypatch, meminfo_kib=4096, cgroup_lines=["0::/"], files={})
+    assert memory.available_bytes() == 4096 * 1024
+
+
+def test_a_cgroup_v2_limit_lowers_it_with_inactive_file_cache_counted_free(tmp_path, monkeypatch):
+    _fake_system(
+        tmp_path, monkeypatch, meminfo_kib=1 << 30, cgroup_lines=["0::/job/step"],
+        files={
+            "cgroup.controllers": "memory\n",
+            "job/memory.max": f"{10 << 30}\n",
+            "job/memory.current": f"{3 << 30}\n",
+            "job/step/memory.max": "max\n",
+            "job/step/memory.current": f"{1 << 30}\n",
+            "job/memory.stat": f"anon 1\ninactive_file {1 << 30}\n",
+        },
+    )
+    assert memory.available_bytes() == (10 << 30) - (2 << 30)
+
+
+def test_a_cgroup_v1_limit_lowers_it(tmp_path, monkeypatch):
+    _fake_system(
+        tmp_path, monkeypatch, meminfo_kib=1 << 30, cgroup_lines=["4:memory:/box", "0::/"],
+        files={
+            "memory/memory.limit_in_bytes": "9223372036854771712\n",  # no limit
+            "memory/memory.usage_in_bytes": "5\n",
+            "memory/box/memory.limit_in_bytes": f"{6 << 30}\n",
+            "memory/box/memory.usage_in_bytes": f"{2 << 30}\n",
+        },
+    )
+    assert memory.available_bytes() == 4 << 30
+
+
+def test_an_address_space_limit_lowers_it(tmp_path, monkeypatch):
+    _fake_system(tmp_path, monkeypatch, meminfo_kib=1 << 30, cgroup_lines=[], files={})
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1 << 30, resource.RLIM_INFINITY))
+    assert memory.available_bytes() == (1 << 30) - 1024 * 1024
+
+
+def test_without_proc_it_asks_sysconf(tmp_path, monkeypatch):
+    monkeypatch.setattr(memory, "PROC", tmp_path / "nothing")
+    monkeypatch.delenv("GRULM_MEMORY_LIMIT", raising=False)
+    assert memory.available_bytes() > 0
+
+
+def test_the_real_machine_reports_something_plausible():
+    assert 0 < memory.available_bytes() < 1 << 50
+
+
+def test_check_fits_refuses_with_the_estimate_and_the_hint(monkeypatch):
+    monkeypatch.setenv("GRULM_MEMORY_LIMIT", str(21 << 30))
+    memory.check_fits(16 << 30, "a small model", "never shown")
+    config = GRUConfig(28, 100_000)
+    needed = memory.training_bytes(config, 32, 35, "sgd")
+    with pytest.raises(ConfigError) as error:
+        memory.check_fits(needed, memory.describe(config, 32, 35), "use a smaller --hidden-size")
+    message = str(error.value)
+    assert message.startswith("a 1×100000 GRU with batch 32 × 35 needs about ")
+    assert "GiB of memory but only 21.0 GiB are available" in message
+    assert message.endswith("; use a smaller --hidden-size")
+    assert "\n" not in message
+
+
+def test_format_bytes():
+    assert memory.format_bytes(int(121.3 * (1 << 30))) == "121.3 GiB"
+    assert memory.format_bytes(512 << 20) == "512.0 MiB"
+    assert memory.format_bytes(10) == "10 bytes"
