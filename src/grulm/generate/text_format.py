@@ -1,11 +1,13 @@
 """Text in and out of generation: a prefix read as the training text was and mapped to ids
-(unknown tokens become ``<unk>`` with one warning), generated tokens written back as text, and
-the watch for stop strings in what is generated."""
+(unknown tokens become ``<unk>`` with one warning, and letters that d2l cleaning removes are
+named in another), generated tokens written back as text, and the watch for stop strings in
+what is generated."""
 
 from __future__ import annotations
 
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +23,15 @@ class OutOfVocabularyWarning(GenerationWarning):
     """Prefix tokens the vocabulary does not hold; they were read as ``<unk>``."""
 
 
+class DroppedLettersWarning(OutOfVocabularyWarning):
+    """Prefix letters outside A-Z (other scripts, accented letters) that d2l cleaning removed.
+
+    The model never sees them, as with out-of-vocabulary tokens, but they vanish instead of
+    becoming ``<unk>``: ``日本語`` reads as one space. Punctuation and digits are dropped
+    silently; that is what d2l cleaning is documented to do.
+    """
+
+
 @dataclass(frozen=True)
 class TextFormat:
     """How prefix text becomes tokens and generated tokens become text, as in training.
@@ -28,10 +39,13 @@ class TextFormat:
     Attributes:
         token: ``char`` or ``word`` (see :mod:`grulm.data.text`). Word tokens of d2l-cleaned
             text join with ``' '``; everything else joins with ``''``.
-        cleaning: ``raw`` leaves the prefix as it is (the seed's ``predict``); ``d2l`` cleans it
+        cleaning: ``raw`` leaves the prefix as it is (the seed's ``predict``) but for line
+            ends and a leading byte-order mark, read as the corpus was (``\\r\\n`` and
+            ``\\r`` become ``\\n``); ``none`` leaves it exactly as it is; ``d2l`` cleans it
             as the seed's training text was, so that a model trained on letters-only lower-case
             text can be primed with ``"Time Traveller"``: every run of non-letters (newlines
-            included) becomes one space and letters are lower-cased. Unlike a corpus line, a
+            included) becomes one space and letters are lower-cased, with a
+            :class:`DroppedLettersWarning` for letters outside A-Z. Unlike a corpus line, a
             character prefix is not stripped, since a trailing space is part of the prompt.
     """
 
@@ -84,6 +98,24 @@ def encode_prefix(vocab, tokens: Sequence[str]) -> list[int]:
     return ids
 
 
+def warn_dropped_letters(prefix: str, shown: int = 10) -> None:
+    """Warn once with :class:`DroppedLettersWarning` if d2l cleaning removes letters of
+    ``prefix`` (any letter but A-Z, a-z), naming the first ``shown`` distinct ones."""
+    counts = Counter(prefix)  # distinct characters in order of first appearance
+    dropped = [ch for ch in counts if ch.isalpha() and not ch.isascii()]
+    if not dropped:
+        return
+    count = sum(counts[ch] for ch in dropped)
+    names = ", ".join(repr(ch) for ch in dropped[:shown])
+    more = f" and {len(dropped) - shown} more" if len(dropped) > shown else ""
+    warnings.warn(
+        f"d2l cleaning drops {count} letter(s) of the prefix outside A-Z: {names}{more}; the "
+        "model was trained on the letters a-z only, so write the prefix in those",
+        DroppedLettersWarning,
+        stacklevel=3,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Decoders: one token per sequence per step.
 #
@@ -94,6 +126,8 @@ def encode_prefix(vocab, tokens: Sequence[str]) -> list[int]:
 def prefix_ids(vocab, prefix: str, text_format: TextFormat) -> tuple[list[str], list[int]]:
     if not isinstance(prefix, str):
         raise ConfigError(f"the prefix must be a string, got {type(prefix).__name__}")
+    if text_format.cleaning == "d2l":
+        warn_dropped_letters(prefix)
     tokens = text_format.tokenize(prefix)
     if not tokens:
         raise ConfigError(

@@ -1,0 +1,101 @@
+"""Corpora and prompts through the real ``grulm`` command: special files are refused at once
+(never opened, so never a hang), a min_freq that leaves only ``<unk>`` is refused, and a
+d2l-cleaned prefix that loses letters says so."""
+
+import os
+import re
+
+import pytest
+import torch
+
+from grulm.checkpoint import save_checkpoint
+from grulm.data.vocab import Vocab
+from grulm.model import GRULM, GRUConfig
+
+HANG = 120  # seconds: far more than a refusal takes; a blocked open would pass it and fail
+
+
+def _save(directory, tokens, cleaning):
+    torch.manual_seed(0)
+    config = GRUConfig(vocab_size=len(tokens), hidden_size=8, init="torch", backend="reference")
+    meta = {"data": {"source": "toy", "cleaning": cleaning, "token": "char"}}
+    save_checkpoint(directory, GRULM(config).eval(), Vocab(tokens), meta)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def d2l_checkpoint(tmp_path_factory):
+    """An untrained 1×8 GRULM over a space and the 26 letters, d2l cleaning."""
+    tokens = ["<unk>", " ", *"etaoinsrhdlumwcfgypbvkxjqz"]
+    return _save(tmp_path_factory.mktemp("inputs") / "d2l", tokens, "d2l")
+
+
+@pytest.fixture
+def fifo(tmp_path):
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+def _error_line(result, command):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"grulm {command}: error: "), lines[0]
+    return lines[0].removeprefix(f"grulm {command}: error: ")
+
+
+def test_train_refuses_a_fifo_at_once(fifo, tmp_path, run_grulm):
+    out = tmp_path / "run"
+    result = run_grulm("train", "--data", fifo, "--epochs", "1", "--no-progress", "--out", out,
+                       timeout=HANG)
+    message = _error_line(result, "train")
+    assert message == f"'{fifo}' is a named pipe (FIFO), not a regular file; pass a text file"
+
+
+def test_eval_refuses_a_fifo_at_once(d2l_checkpoint, fifo, run_grulm):
+    result = run_grulm("eval", d2l_checkpoint, "--data", fifo, timeout=HANG)
+    assert _error_line(result, "eval").endswith("is a named pipe (FIFO), not a regular file; "
+                                                "pass a text file")
+
+
+@pytest.mark.parametrize("special", ["fifo", "/dev/zero"])
+def test_generate_refuses_a_special_prime_file_at_once(d2l_checkpoint, fifo, special,
+                                                       run_grulm):
+    path = fifo if special == "fifo" else special
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is absent")
+    kind = "named pipe (FIFO)" if special == "fifo" else "character device"
+    result = run_grulm("generate", d2l_checkpoint, "--prime-file", path, timeout=HANG)
+    assert _error_line(result, "generate") == (
+        f"prime file '{path}' is a {kind}, not a regular file; pass a text file"
+    )
+
+
+def test_a_min_freq_that_leaves_only_unk_is_refused(tmp_path, run_grulm):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the time traveller\n" * 200)
+    result = run_grulm("train", "--data", corpus, "--min-freq", "1000000", "--epochs", "1",
+                       "--no-progress", "--out", tmp_path / "run", timeout=HANG)
+    assert _error_line(result, "train") == (
+        f"min_freq 1000000 leaves only <unk> in the vocabulary of {corpus}: its most frequent "
+        "token, 'e', occurs 800 times; lower --min-freq to 800 or less"
+    )
+    assert not (tmp_path / "run" / "checkpoint.json").exists()
+
+
+def test_a_d2l_prefix_in_another_script_warns_what_was_dropped(d2l_checkpoint, run_grulm):
+    result = run_grulm("generate", d2l_checkpoint, "--prefix", "日本語 time", "--num-preds", "3",
+                       timeout=HANG)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(" time")
+    assert result.stderr.splitlines() == [
+        "grulm generate: warning: d2l cleaning drops 3 letter(s) of the prefix outside A-Z: "
+        "'日', '本', '語'; the model was trained on the letters a-z only, so write the prefix "
+        "in those"
+    ]
+    plain = run_grulm("generate", d2l_checkpoint, "--prefix", "Time, 1895!", "--num-preds", "3",
+                      timeout=HANG)
+    assert plain.returncode == 0 and plain.stderr == ""  # punctuation and digits: silent
+    assert re.match(r"time \S", plain.stdout)
