@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from grulm.checkpoint import save_checkpoint
+from grulm.checkpoint import load_checkpoint, save_checkpoint
 from grulm.data.vocab import Vocab
 from grulm.model import GRULM, GRUConfig
 
@@ -99,3 +99,23 @@ def test_a_d2l_prefix_in_another_script_warns_what_was_dropped(d2l_checkpoint, r
                       timeout=HANG)
     assert plain.returncode == 0 and plain.stderr == ""  # punctuation and digits: silent
     assert re.match(r"time \S", plain.stdout)
+
+
+def test_a_bom_crlf_copy_trains_exactly_as_its_lf_original(tmp_path, run_grulm):
+    text = ("The Time Traveller (for so it will be convenient to speak of him)\n"
+            "was expounding a recondite matter to us.\n\n") * 150
+    (tmp_path / "lf.txt").write_bytes(text.encode())
+    (tmp_path / "crlf.txt").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    runs = {}
+    for name in ("lf", "crlf"):
+        result = run_grulm("train", "--data", f"{name}.txt", "--epochs", "1", "--hidden-size",
+                           "16", "--batch-size", "8", "--no-progress", "--out", f"run_{name}",
+                           cwd=tmp_path, env={"GRULM_CACHE": str(tmp_path / "cache")},
+                           timeout=600)
+        assert result.returncode == 0, result.stderr
+        vocab_size = len(set(text)) + 1  # <unk> and the characters: no U+FEFF, no \r
+        assert f"vocab {vocab_size})" in result.stdout + result.stderr
+        runs[name] = load_checkpoint(tmp_path / f"run_{name}")
+    assert runs["crlf"].vocab == runs["lf"].vocab
+    lf, crlf = runs["lf"].model.state_dict(), runs["crlf"].model.state_dict()
+    assert all(torch.equal(crlf[key], lf[key]) for key in lf)  # the same training, step by step
