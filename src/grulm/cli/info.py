@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint)  # validated: the fields below have their types
     model, vocab, meta = checkpoint.model, checkpoint.vocab, checkpoint.meta
     if args.json:
         described = {"model_config": model.config.to_dict(), "vocab_size": len(vocab), **meta}
@@ -29,27 +29,33 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = model.config
     num_parameters = sum(p.numel() for p in model.parameters())
-    tokens = " ".join(repr(t) for t in vocab.idx_to_token[:12])
+    tokens = " ".join(_short(repr(t)) for t in vocab.idx_to_token[:12])
     more = f" … (+{len(vocab) - 12})" if len(vocab) > 12 else ""
     lines = [
         f"checkpoint   {checkpoint.directory}",
-        f"format       v{meta['format_version']}, written by grulm {meta.get('grulm_version')} "
-        f"on {meta.get('created')}",
+        f"format       v{meta['format_version']}, written by grulm "
+        f"{_short(meta.get('grulm_version', 'unknown'))} on "
+        f"{_short(meta.get('created', 'an unknown date'))}",
         f"model        {config.num_layers}×{config.hidden_size} {config.variant} GRU, "
         f"{config.input_kind} input, dropout {config.dropout}, init {config.init}, "
         f"backend {config.backend}; {num_parameters:,} parameters",
         f"vocab        {len(vocab)} tokens: {tokens}{more}",
     ]
-    if "data" in meta:
-        lines.append("data         " + ", ".join(f"{k} {v}" for k, v in meta["data"].items()))
-    if "train" in meta:
-        lines.append("training     " + ", ".join(f"{k} {v}" for k, v in meta["train"].items()))
+    for label, name in (("data", "data"), ("training", "train")):
+        if meta.get(name):
+            lines.append(f"{label:<13}" + ", ".join(f"{_short(k)} {_short(v)}"
+                                                    for k, v in meta[name].items()))
     metrics = {k: v for k, v in meta.get("metrics", {}).items() if not isinstance(v, list)}
     if metrics:
-        lines.append("metrics      " + ", ".join(f"{k} {_short(v)}" for k, v in metrics.items()))
+        lines.append("metrics      " + ", ".join(f"{_short(k)} {_short(v)}"
+                                                  for k, v in metrics.items()))
     print("\n".join(lines))
     return 0
 
 
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def _short(value, limit: int = 80) -> str:
+    """A value on one line: floats to 4 significant digits, anything long cut with an ellipsis."""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, str) and text != " ".join(text.split()):
+        text = repr(value)  # show a token or value with newlines or odd spaces as such
+    return text if len(text) <= limit else text[: limit - 1] + "…"
