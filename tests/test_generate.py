@@ -28,6 +28,7 @@ from grulm.generate import (
     stream,
     warm_up,
 )
+from grulm.generate.sampling import without_unk
 from grulm.model import GRULM, GRUConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -81,15 +82,17 @@ def random_trigram(V, seed, spaced=False):
     return torch.randn(V, V, V, generator=g, dtype=torch.float64) * 2
 
 
-def continuation_logprob(model, vocab, prefix, continuation):
+def continuation_logprob(model, vocab, prefix, continuation, allow_unk=True):
     """log p(continuation | prefix) by one forward pass (for brute-force checks).
 
     ``continuation`` is a sequence of tokens (``<unk>`` is one token, not five characters).
+    With ``allow_unk=False`` every step's distribution is the model's given "not ``<unk>``".
     """
     prefix_ids, ids = vocab[list(prefix)], vocab[list(continuation)]
     inputs = torch.tensor([prefix_ids + ids[:-1]])
     logits, _ = model(inputs, None)
-    logp = logits[0, len(prefix_ids) - 1 :].log_softmax(-1)  # (L, V)
+    logits = logits[0, len(prefix_ids) - 1 :]  # (L, V)
+    logp = (logits if allow_unk else without_unk(logits)).log_softmax(-1)
     return logp.gather(1, torch.tensor(ids)[:, None]).sum().item()
 
 
@@ -130,9 +133,10 @@ def test_greedy_takes_the_argmax(seed):
     ids=["temperature-0", "temperature-1e-3", "top-k-1", "tiny-top-p", "beam-width-1"],
 )
 def test_limits_of_sampling_and_beam_equal_greedy(options):
+    """Each limit is greedy over the same candidates: every token but <unk>."""
     vocab = abc_vocab(4)
     model = TrigramMock(random_trigram(5, 7, spaced=True))
-    greedy = generate(model, vocab, "ca", max_new=30)
+    greedy = generate(model, vocab, "ca", max_new=30, allow_unk=False)
     generator = torch.Generator().manual_seed(0)
     if options["strategy"] == "sample":
         options = {**options, "generator": generator}
@@ -166,20 +170,23 @@ def test_beam_finds_the_most_probable_sequence_where_greedy_does_not():
     assert generate(model, vocab, "a", max_new=2, strategy="beam", beam_width=2) == ["acc"]
 
 
+@pytest.mark.parametrize("allow_unk", [True, None], ids=["unk-allowed", "default"])
 @pytest.mark.parametrize("seed", range(4))
-def test_wide_beam_equals_brute_force_enumeration(seed):
+def test_wide_beam_equals_brute_force_enumeration(seed, allow_unk):
     vocab = abc_vocab(3)  # V = 4 with <unk>
     model = TrigramMock(random_trigram(4, seed))
     L = 3
+    tokens = vocab.idx_to_token if allow_unk else vocab.idx_to_token[1:]
     scored = sorted(
         (
-            (continuation_logprob(model, vocab, "ba", s), "".join(s))
-            for s in itertools.product(vocab.idx_to_token, repeat=L)
+            (continuation_logprob(model, vocab, "ba", s, allow_unk=bool(allow_unk)), "".join(s))
+            for s in itertools.product(tokens, repeat=L)
         ),
         reverse=True,
     )
     texts = generate(
-        model, vocab, "ba", max_new=L, strategy="beam", beam_width=4 ** (L - 1), num_samples=3
+        model, vocab, "ba", max_new=L, strategy="beam", beam_width=4 ** (L - 1), num_samples=3,
+        allow_unk=allow_unk,
     )
     assert texts == ["ba" + text for _, text in scored[:3]]
 
@@ -215,11 +222,16 @@ def _chi_square(counts, probs, n):
 
 
 # Upper 0.1% points of the chi-square distribution (scipy.stats.chi2.ppf(0.999, df)).
-CHI2_999 = {2: 13.816, 4: 18.467}
+CHI2_999 = {2: 13.816, 3: 16.266, 4: 18.467}
 
 
-def test_sampled_frequencies_match_the_softmax():
-    logits = torch.tensor([0.0, 2.0, 1.0, 0.5, -1.0], dtype=torch.float64)
+@pytest.mark.parametrize(
+    ("unk_logit", "allow_unk"), [(0.0, True), (3.0, None)], ids=["unk-allowed", "default"]
+)
+def test_sampled_frequencies_match_the_softmax(unk_logit, allow_unk):
+    """Over every token with ``allow_unk=True``; by default over every token but <unk>, here
+    the most likely one."""
+    logits = torch.tensor([unk_logit, 2.0, 1.0, 0.5, -1.0], dtype=torch.float64)
     vocab = abc_vocab(4)
     n = 20_000
     texts = generate(
@@ -230,10 +242,81 @@ def test_sampled_frequencies_match_the_softmax():
         strategy="sample",
         num_samples=n,
         generator=torch.Generator().manual_seed(123),
+        allow_unk=allow_unk,
     )
     counts = torch.tensor([vocab[t[1:]] for t in texts]).bincount(minlength=5).double()
     # Token 0 is <unk>: "a<unk>"[1:] is "<unk>", which maps back to 0.
-    assert _chi_square(counts, logits.softmax(0), n) < CHI2_999[4]
+    if allow_unk:
+        assert _chi_square(counts, logits.softmax(0), n) < CHI2_999[4]
+    else:
+        assert counts[0] == 0
+        assert _chi_square(counts[1:], logits[1:].softmax(0), n) < CHI2_999[3]
+
+
+class UnkLover(nn.Module):
+    """Prefers <unk> after every token, then the token after the one it was fed."""
+
+    def __init__(self, vocab_size):
+        super().__init__()
+        self.vocab_size = vocab_size
+
+    def forward(self, inputs, state=None):
+        B, T = inputs.shape
+        logits = torch.full((B, T, self.vocab_size), -5.0, dtype=torch.float64)
+        logits[:, :, 0] = 5.0
+        following = inputs % (self.vocab_size - 1) + 1  # 1 → 2 → … → V-1 → 1, never 0
+        logits.scatter_(-1, following[..., None], 4.0)
+        state = torch.zeros(1, B, 1, dtype=torch.float64) if state is None else state
+        return logits, state
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"strategy": "sample"},
+        {"strategy": "sample", "temperature": 5.0},
+        {"strategy": "sample", "temperature": 0},
+        {"strategy": "sample", "top_k": 2},
+        {"strategy": "sample", "top_p": 0.9},
+        {"strategy": "beam"},
+        {"strategy": "beam", "beam_width": 8, "num_samples": 8},
+        {"strategy": "greedy", "allow_unk": False},
+    ],
+    ids=["sample", "hot", "cold", "top-k", "top-p", "beam", "wide-beam", "greedy-masked"],
+)
+def test_unk_is_never_generated_unless_asked(options):
+    vocab = abc_vocab(4)
+    model = UnkLover(len(vocab))
+    kwargs = {"generator": torch.Generator().manual_seed(0)} if options["strategy"] == "sample" \
+        else {}
+    texts = generate(model, vocab, "ab", max_new=40, **options, **kwargs)
+    assert all("<unk>" not in text for text in texts), texts
+    if options["strategy"] != "sample" or options.get("temperature") == 0:
+        assert texts[0] == "ab" + "cdab" * 10  # the most likely other token, every step
+    if options["strategy"] != "beam":
+        pieces = stream(model, vocab, "ab", max_new=40, **options, **kwargs)
+        assert "<unk>" not in "".join(pieces)
+    texts = generate(model, vocab, "ab", max_new=40, **{**options, "allow_unk": True}, **kwargs)
+    assert any("<unk>" in text for text in texts)
+
+
+def test_greedy_keeps_the_seeds_argmax_over_every_token():
+    vocab = abc_vocab(4)
+    model = UnkLover(len(vocab))
+    assert predict(model, vocab, "ab", 3) == "ab" + "<unk>" * 3
+    assert generate(model, vocab, "ab", max_new=3) == ["ab" + "<unk>" * 3]
+
+
+def test_a_vocabulary_of_unk_alone_still_generates():
+    vocab = Vocab(["<unk>"])
+    with pytest.warns(OutOfVocabularyWarning):
+        texts = generate(FixedLogits([0.0]), vocab, "x", max_new=3, strategy="sample")
+    assert texts == ["x" + "<unk>" * 3]
+
+
+def test_allow_unk_must_be_a_bool_or_none():
+    with pytest.raises(ConfigError, match="allow_unk must be None, True or False"):
+        generate(FixedLogits([0.0, 1.0]), abc_vocab(1), "a", allow_unk="yes")
 
 
 def test_sampled_frequencies_with_temperature_and_top_k_match_the_renormalised_softmax():
@@ -275,7 +358,8 @@ def test_top_k_and_top_p_never_emit_a_token_outside_their_set(option):
     for text in texts:
         ids = vocab[list(text.replace("<unk>", "?"))]  # "?" is unknown too: id 0
         for prev, cur, nxt in zip(ids, ids[1:], ids[2:], strict=False):
-            allowed = filter_logits(model.table[prev, cur][None], **option)[0].isfinite()
+            logits = without_unk(model.table[prev, cur][None])  # the default: no <unk>
+            allowed = filter_logits(logits, **option)[0].isfinite()
             assert allowed[nxt], (text, prev, cur, nxt)
 
 

@@ -32,6 +32,10 @@ Documented behaviours:
   ``length_penalty`` to ``strategy='beam'``. Setting one for another strategy is an error
   rather than silently ignored.
 - ``max_new`` (the seed's ``num_preds``) must be ≥ 0; 0 returns the prefix.
+- ``<unk>`` is never sampled and never enters a beam unless ``allow_unk=True``: it stands for
+  every token the vocabulary lacks, so printing it says nothing. Greedy keeps it by default,
+  because the seed's ``predict_ch8`` is the argmax over the whole vocabulary and ``predict``
+  stays identical to it; ``allow_unk=False`` masks it for greedy too.
 - Stop strings are searched in the generated text only (not the prefix); a sequence ends right
   after the first stop string it produces, and the stop string is kept in its text.
 - Generation runs the model as in eval mode: no dropout, no autograd.

@@ -40,6 +40,7 @@ def check_options(
     beam_width: int | None = None,
     length_penalty: float | None = None,
     num_samples: int = 1,
+    allow_unk: bool | None = None,
 ) -> int | None:
     """Check :func:`generate`'s options (same names) against the module docstring's rules.
 
@@ -51,6 +52,8 @@ def check_options(
     """
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+    if allow_unk not in (None, True, False):
+        raise ConfigError(f"allow_unk must be None, True or False, got {allow_unk!r}")
     if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 0:
         raise ConfigError(f"the number of tokens to generate must be ≥ 0, got {max_new!r}")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -146,6 +149,7 @@ def generate(
     generator: torch.Generator | None = None,
     text_format: TextFormat = TextFormat(),
     fast: bool = True,
+    allow_unk: bool | None = None,
 ) -> list[str]:
     """Generate ``num_samples`` continuations of ``prefix``, as one batch.
 
@@ -171,6 +175,9 @@ def generate(
             operating system. Must live on the model's device.
         text_format: how the prefix is cleaned and tokenised and tokens are joined.
         fast: step a GRULM through :class:`GRUStepDecoder`; False steps it through ``forward``.
+        allow_unk: whether ``<unk>`` may be generated. None (the default): by ``greedy``, the
+            seed's argmax over every token, but never by ``sample`` or ``beam``; False: by no
+            strategy (greedy takes the most likely other token); True: by every strategy.
 
     Returns:
         ``num_samples`` strings, each the (cleaned) prefix followed by its continuation.
@@ -188,7 +195,9 @@ def generate(
         beam_width=beam_width,
         length_penalty=length_penalty,
         num_samples=num_samples,
+        allow_unk=allow_unk,
     )
+    allow_unk = _unk_allowed(allow_unk, strategy, len(vocab))
     stops = _check_stop(stop)
     tokens, ids = prefix_ids(vocab, prefix, text_format)
     text_prefix = text_format.joiner.join(tokens)
@@ -206,14 +215,17 @@ def generate(
             length_penalty=1.0 if length_penalty is None else length_penalty,
             num_return=num_samples,
             stops=stops,
+            allow_unk=allow_unk,
         )
         return [text_prefix + text for text in continuations]
     generator = _check_generator(generator, model_device(model), strategy, temperature)
-    select = make_selector(strategy, temperature, top_k, top_p, generator, max_new)
+    select = make_selector(
+        strategy, temperature, top_k, top_p, generator, max_new, allow_unk=allow_unk
+    )
     index = decoder.array([0] * num_samples)
     decoder.reorder(index)  # one row of state per sample
     logits = logits[index]  # (N, V)
-    if not stops and (strategy == "greedy" or temperature == 0):
+    if not stops and allow_unk and (strategy == "greedy" or temperature == 0):
         first = logits.argmax(-1)  # (N,)
         rows = [
             [i, *rest]
@@ -265,6 +277,7 @@ def stream(
     generator: torch.Generator | None = None,
     text_format: TextFormat = TextFormat(),
     fast: bool = True,
+    allow_unk: bool | None = None,
 ) -> Iterator[str]:
     """Generate one continuation of ``prefix``, yielding its text piece by piece.
 
@@ -286,7 +299,9 @@ def stream(
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,
+        allow_unk=allow_unk,
     )
+    allow_unk = _unk_allowed(allow_unk, strategy, len(vocab))
     stops = _check_stop(stop)
     _, ids = prefix_ids(vocab, prefix, text_format)
     if max_new == 0:
@@ -294,7 +309,9 @@ def stream(
     pieces = token_pieces(vocab, text_format)
     decoder, logits = warm_up(model, ids, fast=fast)
     generator = _check_generator(generator, model_device(model), strategy, temperature)
-    select = make_selector(strategy, temperature, top_k, top_p, generator, max_new)
+    select = make_selector(
+        strategy, temperature, top_k, top_p, generator, max_new, allow_unk=allow_unk
+    )
     return _stream_pieces(decoder, logits, select, pieces, max_new, StopWatch(stops))
 
 
@@ -309,6 +326,19 @@ def _stream_pieces(decoder, logits, select, pieces, max_new, watch) -> Iterator[
         yield piece
         if t + 1 < max_new:
             logits = decoder.step(token)
+
+
+def _unk_allowed(allow_unk: bool | None, strategy: str, vocab_size: int) -> bool:
+    """Whether ``<unk>`` stays a candidate: see :func:`generate`'s ``allow_unk``.
+
+    Greedy keeps it by default because the seed's ``predict_ch8`` takes the argmax over the
+    whole vocabulary, and ``predict`` must equal it token for token (an untrained or briefly
+    trained model may well rank ``<unk>`` first). A vocabulary of ``<unk>`` alone keeps it:
+    there is nothing else to generate.
+    """
+    if vocab_size < 2:
+        return True
+    return strategy == "greedy" if allow_unk is None else allow_unk
 
 
 def _check_generator(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from grulm.generate.sampling import without_unk
 from grulm.generate.text_format import StopWatch
 
 
@@ -18,24 +21,30 @@ def beam_search(
     length_penalty: float,
     num_return: int,
     stops: tuple[str, ...],
+    allow_unk: bool = True,
 ) -> list[str]:
     """Beam search over continuations; returns the ``num_return`` best texts, best first.
 
     Args:
         decoder: holds the state after the prefix, batch 1.
         logits: (1, V) the next-token logits after the prefix.
+        allow_unk: False: no hypothesis contains ``<unk>``; each step's log-probabilities
+            are those of the model's distribution given that the token is not ``<unk>``.
     """
     vocab_size = logits.shape[-1]
     scores = torch.zeros(1, dtype=torch.float64)  # (n,) sum of log p
     beams: list[tuple[str, StopWatch]] = [("", StopWatch(stops))]
     finished: list[tuple[float, str]] = []  # (normalised score, text)
     for t in range(max_new):
-        logp = torch.log_softmax(torch.as_tensor(logits).double().cpu(), dim=-1)  # (n, V)
+        logits = torch.as_tensor(logits).double().cpu()  # (n, V)
+        logp = torch.log_softmax(logits if allow_unk else without_unk(logits), dim=-1)
         candidates = (scores[:, None] + logp).flatten()  # (n·V,)
         k = min(2 * beam_width, candidates.numel())
         top_scores, flat = candidates.topk(k)  # sorted, best first
         kept_rows, kept_scores, kept_beams, kept_tokens = [], [], [], []
         for rank, (score, index) in enumerate(zip(top_scores.tolist(), flat.tolist(), strict=True)):
+            if score == -math.inf:  # a masked <unk>: so is every candidate after it
+                break
             row, token = divmod(index, vocab_size)
             text, watch = beams[row]
             piece = pieces[token]

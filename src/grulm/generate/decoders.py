@@ -336,6 +336,3 @@ def model_device(model: nn.Module) -> torch.device:
         return tensor.device
     return torch.device("cpu")
 
-
-# ---------------------------------------------------------------------------------------------
-# Token selection.

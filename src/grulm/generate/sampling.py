@@ -1,4 +1,5 @@
-"""Choosing the next token: temperature, top-k and top-p filtering, Gumbel-max sampling."""
+"""Choosing the next token: temperature, top-k and top-p filtering, Gumbel-max sampling, and
+keeping ``<unk>`` out of the candidates."""
 
 from __future__ import annotations
 
@@ -7,6 +8,22 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
+
+from grulm.data.vocab import Vocab
+
+UNK = Vocab.unk  # <unk>'s id in every grulm vocabulary
+
+
+def without_unk(logits):
+    """A copy of ``logits`` (N, V), torch or NumPy, in which ``<unk>`` can never be chosen.
+
+    Its logit becomes −inf, so a softmax renormalises over the other tokens: sampling draws
+    from the model's distribution given that the token is not ``<unk>``, and the argmax is
+    the most likely other token.
+    """
+    masked = logits.copy() if isinstance(logits, np.ndarray) else logits.clone()
+    masked[:, UNK] = -math.inf
+    return masked
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -44,11 +61,29 @@ def make_selector(
     top_p: float | None,
     generator: torch.Generator | None,
     max_new: int,
+    *,
+    allow_unk: bool = True,
 ):
-    """A function from logits (N, V) to the next tokens (N,) int64, torch or NumPy alike."""
+    """A function from logits (N, V) to the next tokens (N,) int64, torch or NumPy alike.
+
+    With ``allow_unk=False`` ``<unk>`` is masked out (:func:`without_unk`) before anything
+    else, so top-k and top-p choose among the other tokens.
+    """
     if strategy == "greedy" or temperature == 0:
-        return lambda logits: logits.argmax(-1)
-    return GumbelSampler(temperature, top_k, top_p, generator, max_new)
+        choose = _argmax
+    else:
+        choose = GumbelSampler(temperature, top_k, top_p, generator, max_new)
+    if allow_unk:
+        return choose
+
+    def choose_known(logits):
+        return choose(without_unk(logits))
+
+    return choose_known
+
+
+def _argmax(logits):
+    return logits.argmax(-1)
 
 
 class GumbelSampler:
@@ -100,6 +135,3 @@ class GumbelSampler:
         self.noise = gumbel.numpy() if isinstance(logits, np.ndarray) else gumbel
         self.used = 0
 
-
-# ---------------------------------------------------------------------------------------------
-# Argument checks.
