@@ -163,17 +163,39 @@ def prime_files(tmp_path):
         (["--prime-file", "{dir}/binary.bin"], "binary"),
         (["--prime-file", "{dir}/latin1.txt"], r"not UTF-8 text: byte 0xe9 at offset 3"),
         (["--prime-file", "{dir}/empty.txt"], "prefix is empty"),
-        (["--device", "warp-drive"], "unknown --device"),
+        (["--device", "warp-drive"], r"^grulm generate: error: --device 'warp-drive' is not a "
+         r"device; use cpu, cuda, cuda:N or auto$"),
+        (["--device", "xla"], "grulm runs on cpu or cuda, not on xla devices; use --device cpu"),
+        (["--device", "vulkan"], "not on vulkan devices"),
+        pytest.param(
+            ["--device", "mps"],
+            "no Apple GPU",
+            marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS is here"),
+        ),
         pytest.param(
             ["--device", "cuda"],
-            "no such device",
+            "PyTorch sees no CUDA GPU on this machine; use --device cpu$",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
         ),
+        (["--num-samples", "100000000"], r"--num-samples 100,000,000 is more than the 10,000 "
+         r"continuations grulm generates at once; ask for fewer and run again with another "
+         r"--seed for more$"),
+        (["--strategy", "beam", "--beam-width", "100000000"], r"--beam-width 100,000,000 is "
+         r"more than the 10,000 hypotheses grulm keeps; use a smaller --beam-width$"),
+        (["--strategy", "sample", "--num-samples", "10000", "--num-preds", "100000000"],
+         r"generating 10,000 continuations of 100,000,000 tokens with a 1×16 GRU needs about "
+         r"[\d.]+ TiB of memory but only [\d.]+ \w+ are available \(grulm plans to use at most "
+         r"80% of it\); use a smaller --num-preds or --num-samples$"),
+        (["--num-preds", "1000000000000"], r"generating 1 continuation of 1,000,000,000,000 "
+         r"tokens .* use a smaller --num-preds, or --stream, which keeps no text$"),
+        (["--strategy", "beam", "--beam-width", "10000", "--num-preds", "100000000"],
+         r"generating 10,000 beam hypotheses of 100,000,000 tokens .* use a smaller "
+         r"--num-preds or --beam-width$"),
     ],
 )
 def test_bad_inputs_give_one_clear_line(d2l_checkpoint, prime_files, capsys, args, message):
     args = [a.replace("{dir}", str(prime_files)) for a in args]
-    status = main(["generate", str(d2l_checkpoint), "--num-preds", "5", *args])
+    status = main(["generate", str(d2l_checkpoint), "--num-preds", "5", *args])  # the last wins
     captured = capsys.readouterr()
     if message is None:
         assert status == 0, captured.err
@@ -246,3 +268,58 @@ def test_interactive_prompt_goes_to_stderr_on_a_terminal(d2l_checkpoint, monkeyp
     captured = capsys.readouterr()
     assert captured.out.startswith("time") and len(captured.out) == 4 + 3 + 1
     assert captured.err.count("prefix> ") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# <unk> and memory.
+
+
+@pytest.fixture(scope="module")
+def unk_checkpoint(tmp_path_factory):
+    """An untrained model whose head ranks <unk> first after every input, by far."""
+    torch.manual_seed(0)
+    config = GRUConfig(vocab_size=len(D2L_TOKENS), hidden_size=16, backend="reference")
+    model = GRULM(config).eval()
+    with torch.no_grad():
+        model.head.bias[0] = 3.0
+    directory = tmp_path_factory.mktemp("gen") / "unk"
+    save_checkpoint(directory, model, Vocab(D2L_TOKENS), {"data": {"cleaning": "d2l"}})
+    return directory
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--strategy", "sample", "--temperature", "3"],
+        ["--strategy", "sample", "--top-k", "3"],
+        ["--strategy", "sample", "--temperature", "0"],
+        ["--strategy", "beam"],
+    ],
+    ids=["hot", "top-k", "cold", "beam"],
+)
+def test_sample_and_beam_print_no_unk_unless_allowed(unk_checkpoint, capsys, args):
+    seed = [] if "beam" in args else ["--seed", "3"]
+    args = ["generate", str(unk_checkpoint), "--num-preds", "200", *seed, *args]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "<unk>" not in text and len(text) == len("time traveller") + 200 + 1
+    assert main([*args, "--allow-unk"]) == 0
+    assert "<unk>" in capsys.readouterr().out
+
+
+def test_greedy_prints_the_seeds_argmax_even_when_it_is_unk(unk_checkpoint, capsys):
+    assert main(["generate", str(unk_checkpoint), "--num-preds", "3"]) == 0
+    assert capsys.readouterr().out == "time traveller" + "<unk>" * 3 + "\n"
+
+
+def test_streaming_is_not_refused_for_its_length(d2l_checkpoint, monkeypatch, capsys):
+    """Without --stream the text of 200,000 tokens would be kept (about 12 MiB); with it
+    nothing is, so the same limit lets it run."""
+    monkeypatch.setenv("GRULM_MEMORY_LIMIT", "4M")
+    args = ["generate", str(d2l_checkpoint), "--num-preds", "200000"]
+    _assert_clean_error(
+        main(args), capsys.readouterr().err, r"needs about [\d.]+ MiB of memory but only 4\.0 MiB"
+    )
+    assert main([*args[:-1], "20", "--stream"]) == 0
+    assert main([*args, "--stream"]) == 0
+    assert len(capsys.readouterr().out) > 200_000

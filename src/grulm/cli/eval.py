@@ -9,11 +9,14 @@ from pathlib import Path
 
 import torch
 
+from grulm import memory
 from grulm.checkpoint import load_checkpoint
+from grulm.data.batches import eval_batches
 from grulm.data.corpus import load_corpus
 from grulm.data.sources import resolve_source
 from grulm.data.splits import SPLIT_NAMES
 from grulm.data.text import text_to_tokens
+from grulm.devices import resolve_device
 from grulm.errors import ConfigError, DataError
 from grulm.evaluate import evaluate
 from grulm.train import training_splits
@@ -41,18 +44,23 @@ def add_parser(subparsers) -> None:
                         help="parallel streams the text is cut into")
     parser.add_argument("--num-steps", type=int, default=35,
                         help="tokens per forward call (the state is carried between them)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto [cpu]")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    checkpoint = load_checkpoint(args.checkpoint, map_location=_device(args.device))
+    for flag, value in (("--batch-size", args.batch_size), ("--num-steps", args.num_steps)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    device = resolve_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint, map_location=device)
     data = checkpoint.meta.get("data") or {}
     if args.data is None:
         ids, what = _training_split(checkpoint, data, args.split or "val")
     else:
         ids, what = _other_text(checkpoint, data, args.data, args.split or "all")
+    _check_memory(checkpoint.model.config, ids, args.batch_size, args.num_steps, device)
     result = evaluate(checkpoint.model, ids, args.batch_size, args.num_steps)
     unit = data.get("token", "char")
     if args.json:
@@ -106,11 +114,15 @@ def _other_text(checkpoint, data: dict, source: str, split: str):
     return ids, f"{source} (all)"
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA GPU")
-    return device
+def _check_memory(config, ids, batch_size: int, num_steps: int, device) -> None:
+    """Refuse a batch the text cannot fill or the memory cannot hold, before evaluating
+    allocates its state."""
+    next(eval_batches(ids, batch_size, num_steps), None)  # its size checks, nothing allocated
+    window = min(num_steps, (len(ids) - 1) // batch_size)
+    loaded = memory.parameter_bytes(config)  # the model is in memory already
+    memory.check_fits(
+        memory.inference_bytes(config, batch_size, window) - loaded,
+        f"evaluating {memory.describe(config, batch_size, window)}",
+        "use a smaller --batch-size or --num-steps",
+        device=device,
+    )

@@ -14,12 +14,19 @@ from pathlib import Path
 
 import torch
 
+from grulm import memory
 from grulm.checkpoint import load_checkpoint
 from grulm.data.sources import read_prime_text
+from grulm.devices import resolve_device
 from grulm.errors import ConfigError, GrulmError
 from grulm.generate import STRATEGIES, TextFormat, check_options, generate, stream
+from grulm.generate.api import DEFAULT_BEAM_WIDTH
 
 DEFAULT_PREFIX = "time traveller"
+# The most continuations, and beam hypotheses, generated at once: one batch of rows that each
+# hold a state and a step's logits, and for beam search a Python string per hypothesis.
+MAX_NUM_SAMPLES = 10_000
+MAX_BEAM_WIDTH = 10_000
 
 
 def add_parser(subparsers) -> None:
@@ -107,6 +114,12 @@ def add_parser(subparsers) -> None:
     decoding.add_argument(
         "--seed", type=int, help="seed for sampling (default: a fresh one each run)"
     )
+    decoding.add_argument(
+        "--allow-unk",
+        action="store_true",
+        help="let sample and beam generate <unk>, which stands for every token the "
+        "vocabulary lacks (greedy, the seed's argmax, always may)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--stream",
@@ -114,7 +127,8 @@ def add_parser(subparsers) -> None:
         help="print characters as they are produced (greedy or sample, one sample)",
     )
     output.add_argument(
-        "--device", default="cpu", help="where to run the model: cpu, cuda, … (default cpu)"
+        "--device", default="cpu", help="where to run the model: cpu, cuda, cuda:N or auto "
+        "(default cpu)"
     )
     parser.set_defaults(func=run)
 
@@ -140,15 +154,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--stream works with --strategy greedy or sample, not beam")
     if args.stream and args.num_samples != 1:
         raise ConfigError("--stream prints one continuation; drop --num-samples")
+    if args.allow_unk:
+        options["allow_unk"] = True
+    _check_batch(args)
+    device = resolve_device(args.device)
     prefix = read_prime_text(args.prime_file) if args.prime_file else args.prefix
     with _warnings_to_stderr():
-        checkpoint = load_checkpoint(args.checkpoint, map_location=_device(args.device))
+        checkpoint = load_checkpoint(args.checkpoint, map_location=device)
         top_k = check_options(len(checkpoint.vocab), **options)
+    _check_memory(checkpoint.model.config, args, device)
     if top_k is not None:
         options["top_k"] = top_k  # clamped once, with one warning
     generator = None
     if args.seed is not None:
-        generator = torch.Generator(device=_device(args.device)).manual_seed(args.seed)
+        generator = torch.Generator(device=device).manual_seed(args.seed)
 
     def complete(text: str) -> None:
         with _warnings_to_stderr():
@@ -162,6 +181,41 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader left (`grulm generate … | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def _check_batch(args: argparse.Namespace) -> None:
+    """Refuse more rows than one batch should hold, before anything is loaded."""
+    if args.num_samples > MAX_NUM_SAMPLES:
+        raise ConfigError(
+            f"--num-samples {args.num_samples:,} is more than the {MAX_NUM_SAMPLES:,} "
+            "continuations grulm generates at once; ask for fewer and run again with another "
+            "--seed for more"
+        )
+    if args.beam_width is not None and args.beam_width > MAX_BEAM_WIDTH:
+        raise ConfigError(
+            f"--beam-width {args.beam_width:,} is more than the {MAX_BEAM_WIDTH:,} hypotheses "
+            "grulm keeps; use a smaller --beam-width"
+        )
+
+
+def _check_memory(config, args: argparse.Namespace, device: torch.device) -> None:
+    """Refuse a generation whose rows or kept text would not fit, before decoding starts."""
+    beam = args.strategy == "beam"
+    rows = (args.beam_width or DEFAULT_BEAM_WIDTH) if beam else args.num_samples
+    needed = memory.generation_bytes(config, rows, args.num_preds, keep_text=not args.stream)
+    noun = "beam hypothes" + ("es" if rows > 1 else "is") if beam else \
+        "continuation" + ("s" if rows > 1 else "")
+    flags = ["--num-preds", "--beam-width" if beam else "--num-samples"][: 1 + (rows > 1)]
+    hint = f"use a smaller {' or '.join(flags)}"
+    if not (beam or args.stream or rows > 1):
+        hint += ", or --stream, which keeps no text"
+    memory.check_fits(
+        needed - memory.parameter_bytes(config),  # the model is in memory already
+        f"generating {rows:,} {noun} of {args.num_preds:,} tokens with a "
+        f"{config.num_layers}×{config.hidden_size} GRU",
+        hint,
+        device=device,
+    )
 
 
 def _interact(complete) -> None:
@@ -205,21 +259,6 @@ def _complete(checkpoint, prefix, options, stop, generator, streaming) -> None:
         model, vocab, prefix, stop=stop, generator=generator, text_format=text_format, **options
     )
     print("\n\n".join(texts), flush=True)
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device {name!r}; use cpu, cuda, cuda:1, mps …") from None
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-    }
-    if not available.get(device.type, False):
-        raise ConfigError(f"--device {name}: no such device on this machine; use --device cpu")
-    return device
 
 
 @contextmanager
