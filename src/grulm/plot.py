@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ def save_perplexity_plot(
     ``values[i]`` belongs to epoch ``i + 1``; NaN marks an epoch without a value (validation
     every k epochs), and the line joins the epochs that have one.
     The file is written under a temporary name and renamed, so a reader never sees half a PNG.
+    Characters of the title that the font lacks (a corpus named ``日本語.txt``) are drawn as
+    boxes, without matplotlib's warning per glyph (which would print a line of Python source).
     """
     import matplotlib
 
@@ -24,20 +27,26 @@ def save_perplexity_plot(
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for label, values in curves.items():
-        points = [(epoch, v) for epoch, v in enumerate(values, start=1) if math.isfinite(v)]
-        ax.plot([e for e, _ in points], [v for _, v in points], label=label,
-                marker="." if len(points) < len(values) else None)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("perplexity")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.part")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from",
+                                    category=UserWarning)
+            for label, values in curves.items():
+                points = [(epoch, v) for epoch, v in enumerate(values, start=1)
+                          if math.isfinite(v)]
+                ax.plot([e for e, _ in points], [v for _, v in points], label=label,
+                        marker="." if len(points) < len(values) else None)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("perplexity")
+            ax.set_yscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+            if title:
+                ax.set_title(title)
+            fig.tight_layout()
+            tmp = path.with_name(f".{path.name}.part")
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     os.replace(tmp, path)
     return path
