@@ -2,14 +2,22 @@
 
 Each subcommand module provides ``add_parser(subparsers)``, which registers its parser and sets
 ``func`` to a ``run(args) -> int``. Bad input (:class:`grulm.errors.GrulmError`) becomes one
-line on stderr and exit status 2, never a traceback.
+line on stderr and exit status 2, never a traceback. Ctrl-C at any moment, even while PyTorch
+is still being imported, becomes the line ``grulm: interrupted`` (``grulm <command>:
+interrupted`` once the command is known) and exit status 130: this module imports nothing
+heavy, and :func:`main` imports the subcommands (and PyTorch) inside its handling, holding an
+interrupt until the imports are through (:func:`interrupts_held`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from grulm import __version__
 from grulm.errors import GrulmError
@@ -31,14 +39,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) inside the block and raise it as ``KeyboardInterrupt`` after.
+
+    An interrupt in the middle of an import can leave a C extension half initialised, and
+    libraries catch it there: NumPy, cut short inside PyTorch's import, then fails with
+    ``ImportError: cannot load module more than once per process`` instead. So while the
+    subcommands import, a Ctrl-C is only recorded; the import (1–2 s) finishes first. Only the
+    main thread can set signal handlers; elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+    if received:
+        raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = "grulm"
+    try:
+        with interrupts_held():
+            parser = build_parser()
+        args = parser.parse_args(argv)
+        prog = f"grulm {args.command}"
         return args.func(args)
     except GrulmError as error:
-        print(f"grulm {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"grulm {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
