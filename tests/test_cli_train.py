@@ -128,7 +128,7 @@ def test_max_time_must_be_positive(tmp_path, run_grulm, value):
 def test_an_unwritable_output_directory(tmp_path, run_grulm):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    _one_error(run_grulm("train", "--out", blocker / "run"), "cannot create the output directory")
+    _one_error(run_grulm("train", "--out", blocker / "run"), "cannot create the run directory")
 
 
 @pytest.mark.parametrize("fractions, message", [

@@ -8,6 +8,9 @@ loss over the epoch.
 
 :func:`fit` runs epochs of steps until a budget runs out (epochs, ``max_steps``,
 ``max_time``, early stopping on validation, or a stop asked for by a hook, e.g. on SIGTERM).
+``max_time`` is checked before every step, against the last step's duration, so a run ends
+within its budget once it has timed one step; an evaluation estimated to run far past it is
+skipped (:func:`evaluation_fits`).
 Everything needed to continue a run exactly lives in :class:`Progress`: epoch, step, position
 in the epoch, the data RNG's state at the epoch's start, the carried hidden state, the
 epoch's partial loss, the best validation loss. Saved with the model, optimiser, schedule and
@@ -50,6 +53,8 @@ from grulm.optim import (
 Batches = Iterable[tuple[Tensor, Tensor]]
 
 # TrainConfig fields a resumed run may change: how long to go on, not how to train.
+# How far an evaluation may run past max_time (see evaluation_fits).
+EVAL_OVERRUN_FRACTION, EVAL_OVERRUN_S = 0.1, 10.0
 BUDGET_FIELDS = ("epochs", "max_steps", "max_time", "early_stop", "eval_every")
 
 
@@ -401,6 +406,24 @@ def run_fraction(config: TrainConfig, progress: Progress, epoch_len: int, second
     return min(1.0, max(fractions))
 
 
+def evaluation_fits(
+    config: TrainConfig, seconds: float, eval_tokens: int, train_tokens_per_s: float
+) -> bool:
+    """Whether evaluating ``eval_tokens`` keeps the run within ``max_time`` (plus a margin).
+
+    An evaluation may overrun the time budget by ``EVAL_OVERRUN_FRACTION`` of it (at least
+    ``EVAL_OVERRUN_S``); one estimated to take longer is skipped rather than keep a user who
+    asked for ``max_time`` seconds waiting minutes (a deep model's evaluation of a long
+    held-out split can take many training steps' time). The estimate assumes an evaluated
+    token costs no more than a trained one.
+    """
+    if config.max_time is None:
+        return True
+    estimate = eval_tokens / max(train_tokens_per_s, 1e-9)
+    margin = max(EVAL_OVERRUN_FRACTION * config.max_time, EVAL_OVERRUN_S)
+    return seconds + estimate <= config.max_time + margin
+
+
 def check_finite(model: GRULM, progress: Progress) -> None:
     """Raise :class:`TrainingDiverged` if the epoch's loss so far or a parameter is not finite.
 
@@ -460,13 +483,13 @@ def fit(
     def seconds() -> float:
         return seconds_before + time.perf_counter() - session_start
 
-    def stop_reason() -> str | None:
+    def stop_reason(next_step_seconds: float = 0.0) -> str | None:
         if (reason := hooks.should_stop()) is not None:
             return reason
         if config.max_steps is not None and progress.step >= config.max_steps:
             return "max_steps"
-        if config.max_time is not None and seconds() >= config.max_time:
-            return "max_time"
+        if config.max_time is not None and seconds() + next_step_seconds > config.max_time:
+            return "max_time"  # a step that would end past the budget is not started
         return None
 
     model.train()
@@ -478,6 +501,7 @@ def fit(
             progress.tokens, progress.epoch_seconds, progress.hidden = 0, 0.0, None
         epoch_start = time.perf_counter() - progress.epoch_seconds
         for X, Y in batches.iter_from(progress.batch):
+            step_start = time.perf_counter()
             progress.lr = schedule.lr(progress.step,
                                       run_fraction(config, progress, len(batches), seconds()))
             set_lr(optimizer, progress.lr)
@@ -494,7 +518,8 @@ def fit(
             progress.batch += 1
             hooks.on_step(progress, StepStats(progress.step, loss, grad_norm, progress.lr,
                                               Y.numel()))
-            if progress.batch < len(batches) and (reason := stop_reason()) is not None:
+            step_seconds = time.perf_counter() - step_start
+            if progress.batch < len(batches) and (reason := stop_reason(step_seconds)):
                 progress.epoch_seconds = time.perf_counter() - epoch_start
                 progress.seconds, progress.stop_reason = seconds(), reason
                 return progress.history
@@ -503,7 +528,9 @@ def fit(
         epoch_seconds = time.perf_counter() - epoch_start
         epoch = progress.epoch + 1
         val_loss = None
-        if val_ids is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+        if (val_ids is not None and (epoch % config.eval_every == 0 or epoch == config.epochs)
+                and evaluation_fits(config, seconds(), len(val_ids),
+                                    progress.tokens / max(epoch_seconds, 1e-9))):
             val_loss = evaluate(model, val_ids, config.batch_size, config.num_steps).loss
         stats = EpochStats(epoch, progress.loss_sum.item() / progress.tokens, progress.tokens,
                            epoch_seconds, progress.lr, val_loss)

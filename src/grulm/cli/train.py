@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import random
 import signal
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,29 @@ from tqdm import tqdm
 
 from grulm import backends
 from grulm.checkpoint import load_checkpoint, save_checkpoint
+from grulm.compute import check_step_fits_time
 from grulm.data.batches import check_batchable, epoch_batches
 from grulm.data.corpus import Corpus, load_corpus
 from grulm.data.splits import Splits
 from grulm.data.text import CLEANINGS, TOKENS
+from grulm.devices import resolve_device
 from grulm.errors import CheckpointError, ConfigError, DataError
 from grulm.evaluate import evaluate
 from grulm.generate import TextFormat, predict
-from grulm.metrics_log import MetricsLog
+from grulm.memory import check_fits, describe, training_bytes
+from grulm.metrics_log import AuxiliaryFileWarning, MetricsLog
 from grulm.model import GRULM, INITS, INPUT_KINDS, VARIANTS, GRUConfig
 from grulm.optim import IMPLEMENTATIONS, OPTIMIZERS, SCHEDULES, Schedule
 from grulm.plot import save_perplexity_plot
 from grulm.presets import PRESETS
 from grulm.resume import differences, restore_training_state, training_state, vocab_differences
+from grulm.run_directory import (
+    BEST_DIR,
+    METRICS_FILE,
+    PLOT_FILE,
+    TENSORBOARD_DIR,
+    open_run_directory,
+)
 from grulm.train import (
     BUDGET_FIELDS,
     PARTITIONS,
@@ -51,6 +62,7 @@ from grulm.train import (
     TrainConfig,
     build_optimizer,
     check_finite,
+    evaluation_fits,
     fit,
     training_splits,
 )
@@ -93,7 +105,8 @@ def add_parser(subparsers) -> None:
     group.add_argument("--data", help="built-in corpus name (timemachine, tinyshakespeare) or "
                        "a text file [d2l: timemachine]")
     group.add_argument("--cleaning", choices=CLEANINGS,
-                       help="d2l: letters only, lower-cased (the seed); raw: UTF-8 as is "
+                       help="d2l: letters only, lower-cased (the seed); raw: UTF-8, a leading BOM "
+                       "dropped, universal newlines; none: UTF-8 exactly as is "
                        "[default: d2l for timemachine, raw otherwise]")
     group.add_argument("--token", choices=TOKENS, help="token unit [char]")
     group.add_argument("--min-freq", type=int, help="tokens seen fewer times map to <unk> [0]")
@@ -156,7 +169,11 @@ def add_parser(subparsers) -> None:
 
     group = parser.add_argument_group("output")
     group.add_argument("--out", type=Path, default=None,
-                       help="run directory [runs/<preset>; with --resume, DIR]")
+                       help="run directory [runs/seed; with --preset NAME, runs/NAME; with "
+                       "--resume, DIR]")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (its checkpoints, best/, metrics "
+                       "and plot; nothing else there) instead of refusing")
     group.add_argument("--checkpoint-every-epochs", type=int, metavar="N",
                        help="save a resumable checkpoint every N epochs; 0 = only at the end")
     group.add_argument("--checkpoint-every-steps", type=int, metavar="N",
@@ -220,23 +237,40 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None and args.out.resolve() != args.resume.resolve():
             raise ConfigError("--resume continues in its own directory; drop --out or give "
                               "the same directory")
-        checkpoint = load_checkpoint(args.resume)
+        if args.overwrite:
+            raise ConfigError("--overwrite starts a new run and --resume continues one; drop "
+                              "one of them")
         out = args.resume
+        mode = "resume"
     else:
         out = args.out or Path("runs") / (args.preset or "seed")
+        mode = "overwrite" if args.overwrite else "new"
+    if args.input_kind == "onehot" and args.embedding_size is not None:
+        raise ConfigError("--embedding-size sets the width of a learned embedding; one-hot "
+                          "input has the vocabulary's width: drop --embedding-size or use "
+                          "--input embedding")
+    device = resolve_device(args.device)
+    with _warnings_as_lines(), open_run_directory(out, mode) as run_directory:
+        if mode == "resume":
+            checkpoint = load_checkpoint(out)
+        return _train(args, out, run_directory, checkpoint, device, started)
+
+
+def _train(args, out: Path, run_directory, checkpoint, device, started: float) -> int:
     settings = resolve_settings(args, _saved_settings(checkpoint))
     for key in ("checkpoint_every_epochs", "checkpoint_every_steps", "log_every_steps"):
         if settings[key] < 0:
             raise ConfigError(f"--{key.replace('_', '-')} must be ≥ 0, got {settings[key]}")
     if settings["max_tokens"] < 0:
         raise ConfigError(f"--max-tokens must be ≥ 0 (0 = all), got {settings['max_tokens']}")
-    train_config = TrainConfig(**{k: settings[k] for k in TRAIN_KEYS})
-    device = _device(args.device)
+    try:
+        train_config = TrainConfig(**{k: settings[k] for k in TRAIN_KEYS})
+    except TypeError as error:  # a value of the wrong type in an edited checkpoint
+        raise ConfigError(f"invalid training settings ({error})") from None
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    _check_writable(out)
 
     corpus = load_corpus(settings["data"], cleaning=settings["cleaning"],
                          token=settings["token"], min_freq=settings["min_freq"],
@@ -253,6 +287,12 @@ def run(args: argparse.Namespace) -> int:
                  "ranges": {k: list(v) for k, v in splits.ranges.items()}}
     model_config = GRUConfig(vocab_size=len(corpus.vocab),
                              **{k: settings[k] for k in MODEL_KEYS})
+    batch, steps = train_config.batch_size, train_config.num_steps
+    check_fits(training_bytes(model_config, batch, steps, train_config.optimizer),
+               f"training {describe(model_config, batch, steps)}",
+               "use a smaller --hidden-size, --num-layers, --batch-size or --num-steps",
+               device=device)
+    check_step_fits_time(model_config, batch, steps, train_config.max_time, device)
     if checkpoint is None:
         torch.manual_seed(train_config.seed)
     model = GRULM(model_config).to(device)
@@ -278,6 +318,9 @@ def run(args: argparse.Namespace) -> int:
         return epoch_batches(train_ids, train_config.batch_size, train_config.num_steps, rng,
                              train_config.partition)
 
+    if checkpoint is None and args.overwrite:
+        run_directory.clear_previous_run()  # only now, when every check above has passed
+    run_directory.sweep()
     run_settings = {k: settings[k] for k in RUN_KEYS}
     base_meta = {"data": data_meta, "train": train_config.to_dict(), "run": run_settings,
                  "preset": settings.get("preset", args.preset or "d2l")}
@@ -308,8 +351,8 @@ class RunHooks(Hooks):
         self.base_meta, self.settings, self.config = base_meta, settings, config
         self.device, self.backend, self.args = device, backend, args
         self.signal: str | None = None
-        self.log = MetricsLog(out / "metrics.jsonl",
-                              None if args.no_tensorboard else out / "tensorboard",
+        self.log = MetricsLog(out / METRICS_FILE,
+                              None if args.no_tensorboard else out / TENSORBOARD_DIR,
                               resume_step=resume_step)
         total = config.epochs * steps_per_epoch
         if config.max_steps is not None:
@@ -319,6 +362,8 @@ class RunHooks(Hooks):
                         dynamic_ncols=True)
         self.window_start, self.window_tokens = time.perf_counter(), 0
         self.saved_step: int | None = resume_step
+        self.plot_path: Path | None = None
+        self.plot_failed = False
 
     # -- fit's hooks ---------------------------------------------------------------------------
 
@@ -407,11 +452,11 @@ class RunHooks(Hooks):
         save_checkpoint(self.out, self.model, self.corpus.vocab,
                         {**self.meta(progress), "training_state": state}, tensors)
         self.saved_step = progress.step
-        self.plot(progress)
+        self.plot_path = self.plot(progress) or self.plot_path
 
     def save_best(self, progress: Progress) -> None:
         check_finite(self.model, progress)
-        save_checkpoint(self.out / "best", self.model, self.corpus.vocab, self.meta(progress))
+        save_checkpoint(self.out / BEST_DIR, self.model, self.corpus.vocab, self.meta(progress))
 
     def plot(self, progress: Progress) -> Path | None:
         history = progress.history
@@ -421,8 +466,18 @@ class RunHooks(Hooks):
         if any(s.val_loss is not None for s in history):
             curves["validation"] = [math.nan if s.val_perplexity is None else s.val_perplexity
                                     for s in history]
-        return save_perplexity_plot(self.out / "perplexity.png", curves,
-                                    title=f"grulm train --data {self.settings['data']}")
+        path = self.out / PLOT_FILE
+        try:
+            return save_perplexity_plot(path, curves,
+                                        title=f"grulm train --data {self.settings['data']}")
+        except (OSError, ValueError, RuntimeError) as error:  # PIL's disk full, a font…
+            path.with_name(f".{path.name}.part").unlink(missing_ok=True)
+            if not self.plot_failed:
+                warnings.warn(AuxiliaryFileWarning(
+                    f"cannot write the plot {path} ({getattr(error, 'strerror', None) or error});"
+                    " checkpoints and metrics are still saved"), stacklevel=2)
+            self.plot_failed = True
+            return None
 
     def close(self) -> None:
         self.bar.close()
@@ -441,16 +496,21 @@ class RunHooks(Hooks):
         last = progress.history[-1] if progress.history else None
         train_loss = progress.partial_loss() if progress.batch else last.loss
         val = None
+        tokens_per_s = self.meta(progress)["metrics"]["tokens_per_s"] or math.nan
         if val_ids is not None:
             if progress.batch == 0 and last is not None and last.val_loss is not None:
-                val_loss = last.val_loss
-            else:
-                val_loss = evaluate(self.model, val_ids, self.config.batch_size,
-                                    self.config.num_steps).loss
-                if val_loss < progress.best_val_loss:
-                    progress.best_val_loss, progress.best_epoch = val_loss, progress.epoch
+                val = last.val_loss
+            elif evaluation_fits(self.config, progress.seconds, len(val_ids), tokens_per_s):
+                val = evaluate(self.model, val_ids, self.config.batch_size,
+                               self.config.num_steps).loss
+                if val < progress.best_val_loss:
+                    progress.best_val_loss, progress.best_epoch = val, progress.epoch
                     self.save_best(progress)
-            val = val_loss
+            else:
+                print(f"grulm train: validation skipped: evaluating {len(val_ids):,} tokens "
+                      f"would take about {len(val_ids) / tokens_per_s:.0f} s, past --max-time "
+                      f"{self.config.max_time:g}; evaluate later with: grulm eval {self.out}",
+                      file=sys.stderr)
         self.save(progress)
         self.log.write({"kind": "final", "step": progress.step, "epoch": progress.epoch,
                         "loss": train_loss, "perplexity": _exp(train_loss), "val_loss": val,
@@ -480,13 +540,15 @@ class RunHooks(Hooks):
                       f"{self.base_meta['data']['ranges']['train'][1]:,} training tokens and "
                       "does not generalise to held-out text (train on more text, e.g. "
                       "--max-tokens 0, or see --preset shakespeare)")
-        tokens_per_s = self.meta(progress)["metrics"]["tokens_per_s"] or math.nan
         print(f"perplexity {train_ppl:.1f}, {tokens_per_s:,.0f} tokens/s on {self.device}")
         for prefix in self.prefixes:
             print(self.sample(prefix))
-        print(f"checkpoint: {self.out}   best: {self.out / 'best'}   plot: "
-              f"{self.out / 'perplexity.png'}   metrics: {self.out / 'metrics.jsonl'}   "
-              f"({wall_seconds:.0f} s)", file=sys.stderr)
+        metrics = self.log.path if self.log.active else None
+        written = [("checkpoint", self.out), ("best", self.out / BEST_DIR),
+                   ("plot", self.plot_path), ("metrics", metrics)]
+        print("   ".join(f"{name}: {path}" for name, path in written
+                         if path is not None and Path(path).exists())
+              + f"   ({wall_seconds:.0f} s)", file=sys.stderr)
         return 0
 
 
@@ -502,17 +564,23 @@ def _saved_settings(checkpoint) -> dict[str, Any] | None:
     """The settings a resumed run was trained with (its flags' values)."""
     if checkpoint is None:
         return None
-    meta = checkpoint.meta
-    data = meta["data"]
-    if "training_state" not in meta:
+    meta = checkpoint.meta  # open_run_directory checked that it holds training state
+    data, train, run = meta.get("data"), meta.get("train"), meta.get("run", {})
+    damaged = [name for name, value, ok in (
+        ("data", data, lambda d: isinstance(d.get("source"), str)),
+        ("train", train, lambda t: set(t) <= set(TRAIN_KEYS)),
+        ("run", run, lambda r: set(r) <= set(RUN_KEYS)),
+    ) if not isinstance(value, dict) or not ok(value)]
+    if damaged:
         raise CheckpointError(
-            f"{checkpoint.directory} holds a model but no training state to resume from; "
-            "pass the run directory `grulm train --out` wrote (not its best/ copy)"
+            f"{checkpoint.directory / 'checkpoint.json'}: the field(s) {', '.join(damaged)} "
+            "are missing or damaged, so the run's settings are unknown and it cannot be "
+            "resumed; start a new run (its model can still be used by eval and generate)"
         )
     return {
         "data": data["source"], **{k: data.get(k) for k in DATA_KEYS if k != "data"},
         **{k: v for k, v in checkpoint.model.config.to_dict().items() if k != "vocab_size"},
-        **TrainConfig().to_dict(), **meta["train"], **RUN_DEFAULTS, **meta.get("run", {}),
+        **TrainConfig().to_dict(), **train, **RUN_DEFAULTS, **run,
         "preset": meta.get("preset"),
     }
 
@@ -556,13 +624,16 @@ def _check_splits(splits: Splits, config: TrainConfig) -> None:
 def _check_budget_left(progress: Progress, config: TrainConfig) -> None:
     done = []
     if progress.epoch >= config.epochs:
-        done.append(f"all {config.epochs} epochs (raise --epochs)")
+        done.append(f"{progress.epoch} epochs, and --epochs is {config.epochs} (raise it above "
+                    f"{progress.epoch})")
     if config.max_steps is not None and progress.step >= config.max_steps:
-        done.append(f"--max-steps {config.max_steps} (raise it)")
+        done.append(f"{progress.step} steps, and --max-steps is {config.max_steps} (raise it)")
     if config.max_time is not None and progress.seconds >= config.max_time:
-        done.append(f"--max-time {config.max_time:g} s (raise it)")
+        done.append(f"{progress.seconds:.0f} s, and --max-time is {config.max_time:g} (raise "
+                    "it)")
     if done:
-        raise ConfigError(f"the run has nothing left to do: it already used {'; '.join(done)}")
+        raise ConfigError(f"the run has nothing left to do: it has already trained "
+                          f"{'; '.join(done)}")
 
 
 class _stop_on_signals:
@@ -590,24 +661,14 @@ class _stop_on_signals:
             signal.signal(sig, handler)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"--device {name!r} is not a device ({error}); use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu")
-    return device
+@contextmanager
+def _warnings_as_lines():
+    """Each warning raised inside as one ``grulm train: warning: …`` line on stderr."""
 
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"grulm train: warning: {message}", file=sys.stderr, flush=True)
 
-def _check_writable(directory: Path) -> None:
-    """Refuse before training, not after, when the run directory cannot be written."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"cannot create the output directory {directory}: {error}") from error
-    if not directory.is_dir() or not os.access(directory, os.W_OK):
-        raise ConfigError(f"the output directory {directory} is not writable; choose another "
-                          "with --out")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
