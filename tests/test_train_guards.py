@@ -77,11 +77,11 @@ def test_a_second_writer_fails_at_once_naming_the_first(small_text, tmp_path, ru
     out = tmp_path / "run"
     first = subprocess.Popen(
         [sys.executable, "-m", "grulm.cli", "train", *TINY, "--data", str(small_text),
-         "--epochs", "100000", "--out", str(out)],
+         "--epochs", "100000", "--checkpoint-every-steps", "5", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+        while not (out / "checkpoint.json").is_file() and time.monotonic() < deadline:
             time.sleep(0.05)
         second = run_grulm("train", *TINY, "--data", small_text, "--epochs", "1",
                            "--overwrite", "--out", out, timeout=60)

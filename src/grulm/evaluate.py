@@ -8,6 +8,7 @@ as in training with the sequential partition. Every prediction is scored exactly
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -53,14 +54,15 @@ def evaluate(model: GRULM, ids: Tensor, batch_size: int = 32, num_steps: int = 3
     Raises:
         DataError: ``ids`` has fewer than ``batch_size + 1`` tokens.
     """
+    device = model.head.weight.device
+    batches = eval_batches(ids.to(device), batch_size, num_steps)
+    first = next(batches)  # checks the sizes before the state is allocated
     was_training = model.training
     model.eval()
-    device = model.head.weight.device
-    ids = ids.to(device)
     state = model.begin_state(batch_size)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
-    for X, Y in eval_batches(ids, batch_size, num_steps):
+    for X, Y in itertools.chain([first], batches):
         loss, state = model.loss(X, Y, state)  # mean over the batch's B·t tokens, (L, B, H)
         loss_sum += loss.double() * Y.numel()
         tokens += Y.numel()

@@ -49,8 +49,10 @@ BACKWARD_WORKSPACE = 7
 # cpu backend computes for backward even when nobody asks (gates 3, extra 1).
 INFERENCE_PER_LAYER = 9
 # Floats per token, per vocabulary entry: training keeps the logits' log-softmax (or the cpu
-# backend's probabilities) for backward, and backward makes two gradients of that size.
-TRAINING_HEAD = 3
+# backend's probabilities) for backward, backward makes two gradients of that size, and the
+# logits and a temporary of the loss live beside them for a moment (a process's resident
+# memory was seen to grow by 6.7 such copies for V = 2000).
+TRAINING_HEAD = 7
 INFERENCE_HEAD = 2  # the logits and their log-softmax
 # Bytes per generated token while the whole text is kept (grulm generate without --stream):
 # the int64 ids, their Python list, the list of pieces and the joined text, with slack.
@@ -87,7 +89,8 @@ def training_bytes(config: GRUConfig, batch_size: int, num_steps: int, optimizer
       copies) and one copy for the optimiser step's and clipping's temporaries: (3 + s)·P;
     - the activations saved for backward, :data:`SAVED_PER_LAYER`·M·L·H, and backward's
       workspace for the layer it is in, :data:`BACKWARD_WORKSPACE`·M·H;
-    - the head: :data:`TRAINING_HEAD`·M·V (log-softmax kept, two gradients of that size);
+    - the head: :data:`TRAINING_HEAD`·M·V (log-softmax kept, two gradients of that size,
+      the logits and temporaries);
     - the input: layer 0's gathered table ``W_ih^T`` and its gradient (2·3H·I); the float
       one-hot input nn.GRU is handed (M·V) where the ``torch`` backend may run; an embedding's
       output (M·I); the (B, T) int64 inputs and targets;

@@ -6,7 +6,8 @@ line on stderr and exit status 2, never a traceback. Ctrl-C at any moment, even 
 is still being imported, becomes the line ``grulm: interrupted`` (``grulm <command>:
 interrupted`` once the command is known) and exit status 130: this module imports nothing
 heavy, and :func:`main` imports the subcommands (and PyTorch) inside its handling, holding an
-interrupt until the imports are through (:func:`interrupts_held`).
+interrupt until the imports are through (:func:`interrupts_held`). A warning, from grulm or a
+library, becomes one line ``grulm <command>: warning: …`` (:func:`warnings_as_lines`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -62,6 +64,20 @@ def interrupts_held() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+@contextmanager
+def warnings_as_lines(prog: str) -> Iterator[None]:
+    """Show each warning raised inside at once, as one ``<prog>: warning: …`` line on stderr
+    (Python's default adds the file, line number and source line of the call)."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     prog = "grulm"
     try:
@@ -69,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             parser = build_parser()
         args = parser.parse_args(argv)
         prog = f"grulm {args.command}"
-        return args.func(args)
+        with warnings_as_lines(prog):
+            return args.func(args)
     except GrulmError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

@@ -99,7 +99,7 @@ def _other_text(checkpoint, data: dict, source: str, split: str):
         raise ConfigError("with --data the whole text is evaluated; drop --split or use "
                           "--split all")
     path = resolve_source(source).path
-    raw = data.get("cleaning", "raw") == "raw"
+    raw = data.get("cleaning", "raw") != "d2l"
     try:  # d2l cleaning keeps ASCII letters only, so any other byte may be replaced
         text = path.read_bytes().decode("utf-8", errors="strict" if raw else "replace")
     except UnicodeDecodeError as error:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from grulm import memory
 from grulm.checkpoint import load_checkpoint
+from grulm.cli import warnings_as_lines
 from grulm.data.sources import read_prime_text
 from grulm.devices import resolve_device
 from grulm.errors import ConfigError, GrulmError
@@ -49,7 +48,8 @@ def add_parser(subparsers) -> None:
         "--prefix", metavar="TEXT", help=f"text to continue (default {DEFAULT_PREFIX!r})"
     )
     source.add_argument(
-        "--prime-file", metavar="PATH", type=Path, help="continue the UTF-8 text of this file"
+        "--prime-file", metavar="PATH", type=Path,
+        help="continue the UTF-8 text of this file (a regular file of at most 1 MiB)",
     )
     source.add_argument(
         "--interactive",
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     _check_batch(args)
     device = resolve_device(args.device)
     prefix = read_prime_text(args.prime_file) if args.prime_file else args.prefix
-    with _warnings_to_stderr():
+    with warnings_as_lines("grulm generate"):
         checkpoint = load_checkpoint(args.checkpoint, map_location=device)
         top_k = check_options(len(checkpoint.vocab), **options)
     _check_memory(checkpoint.model.config, args, device)
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         generator = torch.Generator(device=device).manual_seed(args.seed)
 
     def complete(text: str) -> None:
-        with _warnings_to_stderr():
+        with warnings_as_lines("grulm generate"):
             _complete(checkpoint, text, options, args.stop, generator, args.stream)
 
     try:
@@ -259,16 +259,3 @@ def _complete(checkpoint, prefix, options, stop, generator, streaming) -> None:
         model, vocab, prefix, stop=stop, generator=generator, text_format=text_format, **options
     )
     print("\n\n".join(texts), flush=True)
-
-
-@contextmanager
-def _warnings_to_stderr():
-    """Show each warning raised inside at once, as one ``grulm generate: warning: …`` line."""
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"grulm generate: warning: {message}", file=sys.stderr, flush=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        warnings.showwarning = show
-        yield

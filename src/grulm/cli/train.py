@@ -20,7 +20,6 @@ import signal
 import sys
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
                           "input has the vocabulary's width: drop --embedding-size or use "
                           "--input embedding")
     device = resolve_device(args.device)
-    with _warnings_as_lines(), open_run_directory(out, mode) as run_directory:
+    with open_run_directory(out, mode) as run_directory:
         if mode == "resume":
             checkpoint = load_checkpoint(out)
         return _train(args, out, run_directory, checkpoint, device, started)
@@ -659,16 +658,3 @@ class _stop_on_signals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
-
-
-@contextmanager
-def _warnings_as_lines():
-    """Each warning raised inside as one ``grulm train: warning: …`` line on stderr."""
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"grulm train: warning: {message}", file=sys.stderr, flush=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        warnings.showwarning = show
-        yield

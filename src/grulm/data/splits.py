@@ -44,8 +44,8 @@ class Splits:
         split = getattr(self, name)
         if split is None:
             raise DataError(
-                f"there is no {name} split; ask for it when splitting (e.g. fractions "
-                "0.8 0.1 0.1 for train, val and test)"
+                f"there is no {name} split; ask for it when splitting (e.g. "
+                "--split-fractions 0.8,0.1,0.1 for train, val and test)"
             )
         return split
 

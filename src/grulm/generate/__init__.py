@@ -45,6 +45,7 @@ from grulm.generate.api import STRATEGIES, check_options, generate, predict, str
 from grulm.generate.decoders import GRUStepDecoder, ModelStepDecoder, warm_up
 from grulm.generate.sampling import GumbelSampler, filter_logits
 from grulm.generate.text_format import (
+    DroppedLettersWarning,
     GenerationWarning,
     OutOfVocabularyWarning,
     TextFormat,
@@ -53,6 +54,7 @@ from grulm.generate.text_format import (
 
 __all__ = [
     "STRATEGIES",
+    "DroppedLettersWarning",
     "GRUStepDecoder",
     "GenerationWarning",
     "GumbelSampler",
