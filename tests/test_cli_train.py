@@ -105,6 +105,7 @@ def test_explicit_flags_override_the_preset_and_eval_needs_the_split(small_text,
     assert "--max-steps 3 reached" in result.stderr
     result = run_grulm("eval", out, "--split", "test")  # a seed split: train and val only
     assert result.returncode == 2 and "there is no test split" in result.stderr
+    assert "--split-fractions 0.8,0.1,0.1" in result.stderr
 
 
 # --- bad inputs: one clear error, nothing lost ----------------------------------------------

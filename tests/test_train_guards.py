@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+import grulm.cli.train as train_cli
 from grulm.checkpoint import load_checkpoint
+from grulm.cli import main
 
 TINY = ["--hidden-size", "16", "--batch-size", "4", "--num-steps", "10", "--backend", "torch",
         "--variant", "reset_after", "--threads", "1", "--no-progress", "--sample-every", "0",
@@ -251,3 +253,27 @@ def test_too_large_or_impossible_runs_are_refused_before_allocating(shared_data,
     assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert time.monotonic() - started < 30
     assert not (tmp_path / "run").exists()
+
+
+def test_a_plot_that_cannot_be_written_warns_once_and_the_run_finishes(
+    small_text, tmp_path, monkeypatch, capsys
+):
+    calls = []
+
+    def disk_full(path, curves, title=""):
+        calls.append(path)
+        path.with_name(f".{path.name}.part").write_bytes(b"\x89PNG half")  # a partial file
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_cli, "save_perplexity_plot", disk_full)
+    out = tmp_path / "run"
+    status = main(["train", *TINY, "--data", str(small_text), "--epochs", "2",
+                   "--checkpoint-every-epochs", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert len(calls) == 3  # two epochs and the end: each time tried, the warning given once
+    assert err.count("warning: cannot write the plot") == 1 and "No space left" in err
+    final = err.strip().splitlines()[-1]
+    assert final.startswith(f"checkpoint: {out}") and "plot:" not in final
+    assert "metrics:" in final and not (out / ".perplexity.png.part").exists()
+    assert load_checkpoint(out).meta["training_state"]["progress"]["epoch"] == 2
