@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from grulm import bench
 
 TINY = bench.BenchConfig("tiny", vocab_size=7, hidden_size=8, batch_size=2, num_steps=3)
@@ -17,6 +19,27 @@ def test_run_measures_every_contender_against_the_baseline():
         assert len(results[name].rounds) == 2
         assert results[name].tokens_per_s > 0 and results[name].ratio > 0
     assert json.loads(json.dumps(report.to_dict()))["config"]["hidden_size"] == 8
+
+
+def test_grulm_contenders_train_in_grulms_loop(monkeypatch):
+    """Each round of a grulm contender is one epoch of fit over the round's batches, in order,
+    with the state carried from batch to batch."""
+    rounds = []
+    real_fit = bench.fit
+
+    def recording_fit(model, make_batches, config, **kwargs):
+        epoch = make_batches(None)
+        rounds.append(([x for x, _ in epoch], config))
+        return real_fit(model, make_batches, config, **kwargs)
+
+    monkeypatch.setattr(bench, "fit", recording_fit)
+    bench.run(TINY, batches=3, warmup=1, repeats=2, only=["grulm/reference"])
+    assert len(rounds) == 3  # warm-up and two timed rounds
+    data = bench._batches(TINY, 3, torch.device("cpu"), seed=0)
+    for inputs, config in rounds:
+        assert all(torch.equal(x, d) for x, (d, _) in zip(inputs, data, strict=True))
+        assert (config.epochs, config.partition, config.optimizer) == (1, "sequential", "sgd")
+        assert (config.lr, config.clip) == (TINY.lr, TINY.clip)
 
 
 def test_embedding_config_skips_the_textbook_model():

@@ -1,18 +1,23 @@
-"""Optimisers and schedules: every schedule's learning rate at known steps, state round-trips."""
+"""Optimisers and schedules: every schedule's learning rate at known steps, state round-trips,
+the clipped update (:class:`ClippedStep`) that chooses its implementation once."""
 
 import math
 
 import pytest
 import torch
 
+from grulm import optim
 from grulm.errors import ConfigError
 from grulm.model import GRULM, GRUConfig
 from grulm.optim import (
+    ClippedStep,
     Schedule,
     ScheduleConfig,
+    clip_gradients,
     load_optimizer_state,
     make_optimizer,
     optimizer_state,
+    set_lr,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,3 +120,90 @@ def test_optimizer_state_round_trips_through_tensors_and_json(name, implementati
 def test_unknown_optimizer_is_refused():
     with pytest.raises(ConfigError, match="optimizer"):
         make_optimizer(_tiny_model(), "lion", lr=0.1)
+
+
+# --- the clipped update ----------------------------------------------------------------------
+
+
+class _RecordingKernel:
+    """Stands in for a backend's fused clipping + SGD kernel and records what it is given."""
+
+    def __init__(self):
+        self.lrs = []
+
+    def __call__(self, params, grads, lrs, max_norm):
+        assert all(g is p.grad for p, g in zip(params, grads, strict=True))
+        self.lrs.append(lrs)
+        return torch.zeros(())
+
+
+def _linear_with_grads(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 3)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 2.0)  # global norm √(15·4) > θ = 1: clipping scales
+    return model
+
+
+def test_clipped_step_chooses_the_fused_kernel_once_and_reads_the_lr_every_call(monkeypatch):
+    checks = []
+    real_check = optim._is_plain_sgd
+    monkeypatch.setattr(optim, "_is_plain_sgd", lambda *a: checks.append(a) or real_check(*a))
+    model = _linear_with_grads()
+    optimizer = make_optimizer(model, "sgd", lr=0.5)
+    kernel = _RecordingKernel()
+    step = ClippedStep(optimizer, list(model.parameters()), 1.0, kernel)
+    assert step.fused is kernel and step.optimizer is optimizer
+    for lr in (0.5, 0.25, 0.125):  # a schedule changes the rate between steps
+        set_lr(optimizer, lr)
+        step()
+    assert len(checks) == 1
+    assert kernel.lrs == [[0.5, 0.5], [0.25, 0.25], [0.125, 0.125]]
+
+
+@pytest.mark.parametrize("name, options", [("sgd", {"weight_decay": 0.1}), ("adam", {}),
+                                           ("adamw", {"weight_decay": 0.1})])
+def test_clipped_step_keeps_the_optimizers_own_step_where_no_kernel_fits(name, options):
+    model, twin = _linear_with_grads(), _linear_with_grads()
+    kernel = _RecordingKernel()
+    step = ClippedStep(make_optimizer(model, name, lr=0.1, **options),
+                       list(model.parameters()), 1.0, kernel)
+    assert step.fused is None
+    norm = step()
+    expected = clip_gradients(list(twin.parameters()), 1.0)
+    make_optimizer(twin, name, lr=0.1, **options).step()
+    assert kernel.lrs == []
+    torch.testing.assert_close(norm, expected, rtol=0, atol=0)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_clipped_step_follows_a_state_loaded_after_it_was_built():
+    """A resume builds the step, then loads the saved optimiser state (its groups replace the
+    optimiser's): the step steps with the loaded learning rate."""
+    saved_model = _linear_with_grads()
+    saved = make_optimizer(saved_model, "sgd", lr=0.3)
+    tensors, groups = optimizer_state(saved)
+    model = _linear_with_grads()
+    optimizer = make_optimizer(model, "sgd", lr=1.0)
+    kernel = _RecordingKernel()
+    step = ClippedStep(optimizer, list(model.parameters()), 1.0, kernel)
+    load_optimizer_state(optimizer, tensors, groups)
+    step()
+    assert kernel.lrs == [[0.3, 0.3]]
+
+
+def test_a_parameter_without_a_gradient_takes_the_unfused_path_for_that_call():
+    model, twin = _linear_with_grads(), _linear_with_grads()
+    model.bias.grad = twin.bias.grad = None  # e.g. a parameter this loss did not reach
+    kernel = _RecordingKernel()
+    step = ClippedStep(make_optimizer(model, "sgd", lr=0.5), list(model.parameters()), 1.0,
+                       kernel)
+    step()
+    assert kernel.lrs == []
+    clip_gradients(list(twin.parameters()), 1.0)
+    make_optimizer(twin, "sgd", lr=0.5).step()
+    torch.testing.assert_close(model.weight, twin.weight, rtol=0, atol=0)
+    model.bias.grad = torch.ones_like(model.bias)
+    step()
+    assert kernel.lrs == [[0.5, 0.5]]

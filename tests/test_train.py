@@ -18,6 +18,8 @@ from grulm.train import (
     Progress,
     TrainConfig,
     TrainingDiverged,
+    build_optimizer,
+    build_step,
     fit,
     training_splits,
 )
@@ -59,6 +61,43 @@ def test_three_epochs_of_grulm_follow_the_textbook_trajectory(seed_ids, float64_
     actual = [s.perplexity for s in history]
     assert expected[0] > expected[-1]  # it trained
     assert actual == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_fit_takes_the_backends_fused_step_chosen_once(monkeypatch, backend):
+    """On the cpu backend plain SGD runs as one fused clipping + SGD kernel (SGD.step never
+    runs); on the reference backend, clipping then SGD.step. build_step makes the choice."""
+    from grulm.backends import cpu
+
+    if backend == "cpu" and cpu.unavailable() is not None:
+        pytest.skip(f"cpu backend unavailable: {cpu.unavailable()}")
+    torch.manual_seed(0)
+    model = GRULM(GRUConfig(12, 16, backend=backend))
+    config = TrainConfig(epochs=2, batch_size=2, num_steps=5)
+    update = build_step(model, config)
+    assert update.fused is (cpu.clip_sgd_ if backend == "cpu" else None)
+    steps = []
+    real_step = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda *a, **k: steps.append(real_step(*a, **k)))
+    ids = torch.randint(0, 12, (200,), generator=torch.Generator().manual_seed(0))
+    progress = Progress.start(config.seed)
+    fit(model, lambda rng: epoch_batches(ids, 2, 5, rng), config, progress=progress,
+        optimizer=update)
+    assert progress.step > 10 and len(steps) == (0 if backend == "cpu" else progress.step)
+    assert update.optimizer.state_dict()["state"] == {}  # plain SGD: nothing to checkpoint
+
+
+def test_fit_takes_a_bare_optimizer_or_a_built_step_alike(seed_ids):
+    """A restored optimiser passed as it is (what a resume does) trains as the step built from
+    it: the same losses, bit for bit."""
+    ids, _ = seed_ids
+    losses = []
+    for wrap in (False, True):
+        model, config, make_batches = _tiny_run(ids[:1000], optimizer="adamw", lr=0.01)
+        optimizer = build_optimizer(model, config)
+        update = build_step(model, config, optimizer) if wrap else optimizer
+        losses.append([s.loss for s in fit(model, make_batches, config, optimizer=update)])
+    assert losses[0] == losses[1]
 
 
 def test_same_seed_same_run_different_seed_different_run(seed_ids):
@@ -190,8 +229,7 @@ def test_stop_save_load_resume_gives_the_same_losses(seed_ids, tmp_path, partiti
     training and validation loss bit for bit (dropout, data order, state, optimiser, schedule)."""
     from grulm.checkpoint import load_checkpoint, save_checkpoint
     from grulm.optim import Schedule
-    from grulm.resume import restore_training_state, training_state
-    from grulm.train import build_optimizer
+    from grulm.run.resume import restore_training_state, training_state
 
     ids, vocab = seed_ids
     overrides = dict(epochs=4, partition=partition, optimizer=optimizer, schedule=schedule,

@@ -7,8 +7,9 @@ For one configuration (:class:`BenchConfig`), every contender trains on the same
   loop (:func:`grulm.textbook.train_epoch`);
 - ``nn.GRU``: the seed's concise model (``nn.GRU`` over float one-hot inputs; an
   ``nn.Embedding`` in front when the config asks for one) in the same loop: the baseline;
-- ``grulm/<backend>``: :class:`grulm.model.GRULM` through :func:`grulm.train.train_epoch`, one
-  per registered backend that supports the config's variant on the device.
+- ``grulm/<backend>``: :class:`grulm.model.GRULM` in grulm's training loop
+  (:func:`grulm.train.fit`, one epoch of the round's batches per round), one per registered
+  backend that supports the config's variant on the device.
 
 Honest timing (STYLE 10): a warm-up, then ``repeats`` rounds in which every contender runs
 ``batches`` training steps in turn (so background load hits all of them alike), the device
@@ -27,8 +28,9 @@ import torch
 from torch import nn
 
 from grulm import backends, textbook
+from grulm.data.batches import EpochBatches
 from grulm.model import GRULM, GRUConfig
-from grulm.train import train_epoch
+from grulm.train import TrainConfig, build_step, fit
 
 BASELINE = "nn.GRU"
 
@@ -163,15 +165,34 @@ def _grulm_runner(config: BenchConfig, device: torch.device, backend: str) -> Ru
             variant=config.variant, input_kind=config.input_kind, backend=backend,
         )
     ).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, foreach=True)
+    # The seed's training: plain SGD, clipping, the state carried from batch to batch.
+    train_config = TrainConfig(epochs=1, batch_size=config.batch_size,
+                               num_steps=config.num_steps, lr=config.lr, clip=config.clip)
+    update = build_step(model, train_config)
 
     def run(batches):
-        loss_sum, _ = train_epoch(
-            model, batches, optimizer, clip=config.clip, fresh_state_every_batch=False
-        )
-        loss_sum.item()  # waits for the device
+        epoch = _FixedBatches(batches)
+        # A fresh one-epoch run each round; fit reads the epoch's loss, so it returns once
+        # the device is done.
+        fit(model, lambda rng: epoch, train_config, optimizer=update)
 
     return run
+
+
+class _FixedBatches(EpochBatches):
+    """The round's batches as an epoch, in order, whatever offset the data RNG would draw."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._batches = batches
+        self.batch_size, self.num_steps = batches[0][0].shape
+        self.offset = 0
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_index(index)
+        return self._batches[index]
 
 
 def contenders(config: BenchConfig, device: torch.device) -> dict[str, Runner | str]:

@@ -17,9 +17,11 @@
 
   ``progress`` is the furthest of step / max_steps, epoch / epochs and elapsed / max_time,
   so a cosine schedule ends at ``min_lr`` exactly when the first budget runs out.
-- :func:`clip_gradients` and :func:`clip_and_step`: the seed's clipping by the global norm,
+- :func:`clip_gradients` and :class:`ClippedStep`: the seed's clipping by the global norm,
   and clipping followed by one optimiser step; for plain SGD, a backend's fused kernel does
-  both at once where it has one (the ``cpu`` backend: :func:`grulm.backends.cpu.clip_sgd_`).
+  both at once where it has one (the ``cpu`` backend: :func:`grulm.backends.cpu.clip_sgd_`),
+  chosen once when the step is built, not at every step. :func:`clip_and_step` is the same
+  for a single call.
 - :func:`optimizer_state` / :func:`load_optimizer_state`: an optimiser's state as safetensors
   tensors plus JSON (no pickle), and back.
 """
@@ -92,70 +94,111 @@ def clip_gradients(parameters: list[Tensor], max_norm: float) -> Tensor:
     return norm
 
 
+FusedClipSGD = Callable[[list[Tensor], list[Tensor], list[float], float], Tensor]
+
+
+class ClippedStep:
+    """One update: clip the gradients' global norm to ``max_norm``, then step the optimiser.
+
+    Which implementation runs is decided here, once, so a training loop pays for the choice
+    when it starts rather than at every step: ``fused`` (a backend's clipping + plain SGD
+    kernel, ``Backend.clip_sgd``) when ``optimizer`` is ``torch.optim.SGD`` without momentum,
+    weight decay, ``maximize`` or ``differentiable``, over exactly ``parameters`` (in order),
+    each a contiguous float32/float64 CPU tensor; otherwise :func:`clip_gradients` then
+    ``optimizer.step()``. The fused kernel replaces ``optimizer.step()`` (and its step hooks):
+    plain SGD keeps no state, so the optimiser is left as its own step would leave it, and the
+    parameters agree up to float rounding.
+
+    The learning rates are read from ``optimizer.param_groups`` at every call (schedules change
+    them, and loading a state dict replaces the groups); the other hyper-parameters are taken
+    as they are now: build a new step after changing them.
+
+    Args:
+        optimizer: the optimiser over ``parameters``.
+        parameters: the parameters whose gradients are clipped together (the trainable ones,
+            in the model's order: the order fixes the float sum of the norm).
+        max_norm: θ.
+        fused: a backend's fused ``(params, grads, lrs, max_norm) -> norm``, or None.
+
+    Attributes:
+        fused: the fused kernel this step runs, or None where it runs clipping and
+            ``optimizer.step()``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        parameters: list[Tensor],
+        max_norm: float,
+        fused: FusedClipSGD | None = None,
+    ) -> None:
+        self.optimizer = optimizer
+        self.parameters = list(parameters)
+        self.max_norm = max_norm
+        plain_sgd = fused is not None and _is_plain_sgd(optimizer, self.parameters)
+        self.fused = fused if plain_sgd else None
+
+    def __call__(self) -> Tensor:
+        """Clip and step, using the gradients now in ``parameters``.
+
+        Returns:
+            The gradients' norm before clipping, a 0-dim tensor on the device.
+        """
+        if self.fused is not None:
+            grads = [p.grad for p in self.parameters]
+            # A parameter the loss did not reach has no gradient: the kernel needs every one.
+            if all(grad is not None for grad in grads):
+                lrs = [float(group["lr"]) for group in self.optimizer.param_groups
+                       for _ in group["params"]]
+                return self.fused(self.parameters, grads, lrs, self.max_norm)
+        norm = clip_gradients(self.parameters, self.max_norm)
+        self.optimizer.step()
+        return norm
+
+
 def clip_and_step(
     optimizer: torch.optim.Optimizer,
     parameters: list[Tensor],
     max_norm: float,
-    fused: Callable[[list[Tensor], list[Tensor], list[float], float], Tensor] | None = None,
+    fused: FusedClipSGD | None = None,
 ) -> Tensor:
-    """:func:`clip_gradients` over ``parameters``, then ``optimizer.step()``.
+    """:func:`clip_gradients` over ``parameters``, then ``optimizer.step()``, once.
 
-    Args:
-        fused: a backend's fused clipping + plain SGD step (``Backend.clip_sgd``), or None.
-            It replaces both when the optimiser is ``torch.optim.SGD`` without momentum,
-            weight decay, ``maximize`` or ``differentiable``, over exactly ``parameters`` (in
-            order), and every parameter is a contiguous float32/float64 CPU tensor with a
-            dense gradient of its own dtype. ``optimizer.step()`` is then not called (nor its
-            step hooks): plain SGD keeps no state, so the optimiser is left as its own step
-            would leave it, and the parameters agree up to float rounding.
+    The same as ``ClippedStep(optimizer, parameters, max_norm, fused)()``; a loop builds its
+    :class:`ClippedStep` once instead.
 
     Returns:
         The gradients' norm before clipping, a 0-dim tensor on the device.
     """
-    lrs = None if fused is None else _plain_sgd_lrs(optimizer, parameters)
-    if lrs is not None:
-        return fused(parameters, [p.grad for p in parameters], lrs, max_norm)
-    norm = clip_gradients(parameters, max_norm)
-    optimizer.step()
-    return norm
+    return ClippedStep(optimizer, parameters, max_norm, fused)()
 
 
-def _plain_sgd_lrs(
-    optimizer: torch.optim.Optimizer, parameters: list[Tensor]
-) -> list[float] | None:
-    """Each parameter's learning rate if a fused step can stand in for ``optimizer``'s (see
-    :func:`clip_and_step`), else None."""
+def _is_plain_sgd(optimizer: torch.optim.Optimizer, parameters: list[Tensor]) -> bool:
+    """Whether a fused clipping + SGD kernel can stand in for ``optimizer``'s step over
+    ``parameters`` (see :class:`ClippedStep`)."""
     if type(optimizer) is not torch.optim.SGD:
-        return None
+        return False
     members: list[Tensor] = []
-    lrs: list[float] = []
     for group in optimizer.param_groups:
-        lr = group["lr"]
         if (
             group["momentum"]
             or group["weight_decay"]
             or group["maximize"]
             or group["differentiable"]
-            or not isinstance(lr, float | int)
+            or not isinstance(group["lr"], float | int)
         ):
-            return None
+            return False
         members += group["params"]
-        lrs += [float(lr)] * len(group["params"])
     if not parameters or len(members) != len(parameters):
-        return None
-    for p, member in zip(parameters, members, strict=True):
-        grad = p.grad
-        if (
-            p is not member
-            or grad is None
-            or p.device.type != "cpu"
-            or p.dtype not in (torch.float32, torch.float64)
-            or grad.dtype != p.dtype
-            or grad.layout != torch.strided
-            or not (p.is_contiguous() and grad.is_contiguous())
-        ):
-            return None
-    return lrs
+        return False
+    return all(
+        p is member
+        and p.device.type == "cpu"
+        and p.dtype in (torch.float32, torch.float64)
+        and p.layout == torch.strided
+        and p.is_contiguous()
+        for p, member in zip(parameters, members, strict=True)
+    )
 
 
 @dataclass(frozen=True)
