@@ -1,0 +1,1 @@
+"""Tests of grulm.generate, one file per module."""
