@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import grulm.cli.train as train_cli
+import grulm.run.hooks as run_hooks
 from grulm.checkpoint import load_checkpoint
 from grulm.cli import main
 
@@ -265,7 +265,7 @@ def test_a_plot_that_cannot_be_written_warns_once_and_the_run_finishes(
         path.with_name(f".{path.name}.part").write_bytes(b"\x89PNG half")  # a partial file
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train_cli, "save_perplexity_plot", disk_full)
+    monkeypatch.setattr(run_hooks, "save_perplexity_plot", disk_full)
     out = tmp_path / "run"
     status = main(["train", *TINY, "--data", str(small_text), "--epochs", "2",
                    "--checkpoint-every-epochs", "1", "--out", str(out)])

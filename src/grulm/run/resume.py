@@ -1,4 +1,5 @@
-"""Training state in checkpoints: what `grulm train --resume` needs to continue exactly.
+"""Resuming a run: the training state a checkpoint carries, and every check that refuses a
+resume which would not continue the same run.
 
 A training checkpoint is an ordinary :mod:`grulm.checkpoint` directory whose JSON also holds
 ``training_state`` (the :class:`~grulm.train.Progress` scalars, the optimiser's parameter
@@ -18,17 +19,19 @@ The data RNG's state is in the JSON (Python's Mersenne Twister, 625 integers).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from grulm.checkpoint import Checkpoint
+from grulm.checkpoint import METADATA_FILE, Checkpoint
 from grulm.data.vocab import Vocab
-from grulm.errors import CheckpointError
-from grulm.model import GRULM
+from grulm.errors import CheckpointError, ConfigError
+from grulm.model import GRULM, GRUConfig
 from grulm.optim import Schedule, load_optimizer_state, optimizer_state
-from grulm.train import Progress
+from grulm.run.spec import DataSpec, OutputSpec, RunSpec
+from grulm.train import BUDGET_FIELDS, Progress, TrainConfig
 
 
 def training_state(
@@ -108,3 +111,76 @@ def vocab_differences(saved: Vocab, now: Vocab) -> list[str]:
     return [f"vocabulary: {len(a)} tokens in the checkpoint, {len(b)} now; first difference "
             f"at id {first}: {a[first] if first < len(a) else None!r} vs "
             f"{b[first] if first < len(b) else None!r}"]
+
+
+def spec_from_checkpoint(checkpoint: Checkpoint) -> RunSpec:
+    """The spec a checkpointed run was started with (its settings, as saved).
+
+    Raises:
+        CheckpointError: a field the settings come from is missing or damaged.
+    """
+    meta = checkpoint.meta
+    data, train, run = meta.get("data"), meta.get("train"), meta.get("run", {})
+    damaged = [name for name, value, ok in (
+        ("data", data, lambda d: isinstance(d.get("source"), str)),
+        ("train", train, lambda t: set(t) <= {f.name for f in fields(TrainConfig)}),
+        ("run", run, lambda r: set(r) <= {f.name for f in fields(OutputSpec)}),
+    ) if not isinstance(value, dict) or not ok(value)]
+    if damaged:
+        raise CheckpointError(
+            f"{checkpoint.directory / METADATA_FILE}: the field(s) {', '.join(damaged)} are "
+            "missing or damaged, so the run's settings are unknown and it cannot be resumed; "
+            "start a new run (its model can still be used by eval and generate)"
+        )
+    settings = {"data": data["source"],
+                **{f.name: data[f.name] for f in fields(DataSpec) if f.name in data and
+                   f.name != "data"},
+                **{k: v for k, v in checkpoint.model.config.to_dict().items()
+                   if k != "vocab_size"},
+                **train, **run}
+    try:
+        return RunSpec._build(settings, preset=str(meta.get("preset") or "d2l"))
+    except ConfigError as error:
+        raise CheckpointError(f"{checkpoint.directory / METADATA_FILE}: {error}") from None
+
+
+def refuse_differences(checkpoint: Checkpoint, spec: RunSpec, model_config: GRUConfig,
+                       vocab: Vocab, data_meta: Mapping[str, Any]) -> None:  # fmt: skip
+    """Refuse to resume ``checkpoint`` with another model, vocabulary, data or training
+    settings than it was saved with (only budgets may change).
+
+    Raises:
+        ConfigError: listing every difference.
+    """
+    problems = [
+        *differences("model", checkpoint.model.config.to_dict(), model_config.to_dict(),
+                     ignore=("backend",)),
+        *vocab_differences(checkpoint.vocab, vocab),
+        *differences("data", checkpoint.meta["data"], data_meta),
+        *differences("train", checkpoint.meta["train"], spec.train.to_dict(),
+                     ignore=BUDGET_FIELDS),
+    ]
+    if problems:
+        raise ConfigError(
+            f"cannot resume {checkpoint.directory}: this run differs from the one saved there:\n  "
+            + "\n  ".join(problems)
+            + "\nresume with the run's own settings (only --epochs, --max-steps, --max-time, "
+            "--early-stop, --eval-every, --backend and output flags may change), or start a "
+            "new run with another --out"
+        )
+
+
+def check_budget_left(progress: Progress, config: TrainConfig) -> None:
+    """Refuse a resume that has nothing left to do, saying which budget to raise."""
+    done = []
+    if progress.epoch >= config.epochs:
+        done.append(f"{progress.epoch} epochs, and --epochs is {config.epochs} (raise it above "
+                    f"{progress.epoch})")
+    if config.max_steps is not None and progress.step >= config.max_steps:
+        done.append(f"{progress.step} steps, and --max-steps is {config.max_steps} (raise it)")
+    if config.max_time is not None and progress.seconds >= config.max_time:
+        done.append(f"{progress.seconds:.0f} s, and --max-time is {config.max_time:g} (raise "
+                    "it)")
+    if done:
+        raise ConfigError(f"the run has nothing left to do: it has already trained "
+                          f"{'; '.join(done)}")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from grulm.errors import CheckpointError, ConfigError
-from grulm.run_directory import (
+from grulm.run.directory import (
     LOCK_FILE,
     RunLockedError,
     describe_run,
@@ -78,7 +78,7 @@ def test_a_second_writer_is_refused_at_once_with_the_holders_pid(tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time\nfrom grulm.run_directory import open_run_directory\n"
+         "import sys, time\nfrom grulm.run.directory import open_run_directory\n"
          f"d = open_run_directory({str(run)!r}, 'new')\nprint('locked', flush=True)\n"
          "sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -1,0 +1,304 @@
+"""A training run from start to finish: :func:`start` a new one, :func:`resume` a saved one.
+
+Both claim the run directory (:mod:`grulm.run.directory`: the lock, no run replaced by
+accident), read the data, check that the model fits in memory and a step in the time budget,
+build the model, optimiser and schedule (restored exactly when resuming), train with
+:func:`grulm.train.fit`, evaluate on the held-out split, write the last checkpoint, ``best/``,
+the metrics and the plot (:class:`grulm.run.hooks.RunWriter`), and return a
+:class:`RunResult`. Nothing is printed; callers watch through :class:`grulm.run.hooks.RunHook`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grulm.checkpoint import Checkpoint, load_checkpoint
+from grulm.compute import check_step_fits_time
+from grulm.data.batches import check_batchable, epoch_batches
+from grulm.data.corpus import Corpus, load_corpus
+from grulm.data.splits import Splits
+from grulm.devices import resolve_device
+from grulm.errors import DataError
+from grulm.evaluate import evaluate
+from grulm.generate import TextFormat, predict
+from grulm.memory import check_fits, describe, training_bytes
+from grulm.model import GRULM
+from grulm.optim import Schedule
+from grulm.run.directory import BEST_DIR, open_run_directory
+from grulm.run.hooks import RunHook, RunWriter, exp
+from grulm.run.resume import (
+    check_budget_left,
+    refuse_differences,
+    restore_training_state,
+    spec_from_checkpoint,
+)
+from grulm.run.spec import SEED_DATA, SEED_PREFIXES, RunSpec
+from grulm.train import (
+    Hooks,
+    Progress,
+    build_optimizer,
+    evaluation_fits,
+    fit,
+    training_splits,
+)
+
+SIGNAL_STOPS = ("SIGINT", "SIGTERM")  # stop reasons after which no final evaluation runs
+
+
+@dataclass
+class RunContext:
+    """A run set up and about to train (what hooks see).
+
+    Attributes:
+        spec: the run's settings (a resumed run's, with its budget overrides).
+        out: the run directory.
+        corpus, splits: the data; ``splits.val`` is what validation reads.
+        model, optimizer, schedule: on ``device``; restored when resuming.
+        backend: the recurrence implementation in use (``cpu``, ``torch``, ``reference``).
+        progress: where training starts (epoch, step …); updated in place while it runs.
+        resumed: whether this continues a saved run.
+        sample_prefixes: what samples are primed with.
+        steps_per_epoch: optimiser steps in one epoch.
+    """
+
+    spec: RunSpec
+    out: Path
+    corpus: Corpus
+    splits: Splits
+    model: GRULM
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    device: torch.device
+    backend: str
+    progress: Progress
+    resumed: bool
+    sample_prefixes: tuple[str, ...]
+    steps_per_epoch: int
+
+    def sample(self, prefix: str, num_preds: int = 50) -> str:
+        """Greedy continuation of ``prefix`` (the seed's ``predict``), in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        text_format = TextFormat(token=self.spec.data.token, cleaning=self.spec.data.cleaning)
+        text = predict(self.model, self.corpus.vocab, prefix, num_preds, text_format)
+        self.model.train(was_training)
+        return text
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended.
+
+    Attributes:
+        out: the run directory (its last checkpoint).
+        stop_reason: ``epochs``, ``max_steps``, ``max_time``, ``early_stop``, or what a
+            hook asked (``SIGINT``, ``SIGTERM``).
+        epochs, step: epochs completed and optimiser steps taken.
+        train_loss: mean loss of the last (or the unfinished) epoch, nats per token.
+        val_loss: validation loss of the final model; None without a validation split, after
+            a signal, or when skipped (``validation_skipped``).
+        best_val_loss, best_epoch: the best validation so far (None, 0 before any).
+        tokens_per_s: training throughput over the whole run.
+        seconds: training time over every session of the run.
+        best: the ``best/`` checkpoint, when one was written.
+        plot, metrics: the files, when they could be written.
+    """
+
+    out: Path
+    stop_reason: str
+    epochs: int
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    best_epoch: int
+    tokens_per_s: float | None
+    seconds: float
+    validation_skipped: bool
+    best: Path | None
+    plot: Path | None
+    metrics: Path | None
+
+    @property
+    def val_perplexity(self) -> float | None:
+        return None if self.val_loss is None else exp(self.val_loss)
+
+    @property
+    def train_perplexity(self) -> float | None:
+        return None if self.train_loss is None else exp(self.train_loss)
+
+
+def start(spec: RunSpec, out: str | os.PathLike, *, device: str = "auto",
+          overwrite: bool = False, hooks: Sequence[RunHook] = (),
+          progress: bool = False) -> RunResult:  # fmt: skip
+    """Train a new run described by ``spec`` into ``out``.
+
+    Args:
+        overwrite: replace a run already in ``out`` (only what a run writes is removed, and
+            only once everything is set up); otherwise such a directory is refused.
+        hooks: watch the run (progress, printing); ``should_stop`` may stop it cleanly.
+        progress: tqdm bars while downloading and preparing data.
+
+    Raises:
+        GrulmError: bad settings or data, a directory that holds a run or is locked, a model
+            that does not fit, a checkpoint that cannot be written.
+    """
+    device_ = resolve_device(device)
+    with open_run_directory(out, "overwrite" if overwrite else "new") as directory:
+        return _train(spec, directory, None, device_, hooks, progress, overwrite)
+
+
+def resume(out: str | os.PathLike, *, device: str = "auto", hooks: Sequence[RunHook] = (),
+           progress: bool = False, **overrides: Any) -> RunResult:  # fmt: skip
+    """Continue the run saved in ``out`` exactly where it stopped.
+
+    ``overrides`` use :meth:`RunSpec.from_preset`'s names; budgets (``epochs``,
+    ``max_steps``, ``max_time``, ``early_stop``, ``eval_every``), the backend and output
+    settings may change, anything else is refused with the list of differences.
+
+    Raises:
+        GrulmError: not a run directory (or a ``best/`` copy), a locked one, another model,
+            vocabulary, data or training settings, or nothing left to do.
+    """
+    device_ = resolve_device(device)
+    with open_run_directory(out, "resume") as directory:
+        checkpoint = load_checkpoint(directory.path)
+        spec = spec_from_checkpoint(checkpoint).replace(**overrides)
+        return _train(spec, directory, checkpoint, device_, hooks, progress, False)
+
+
+def _train(spec: RunSpec, directory, checkpoint: Checkpoint | None, device: torch.device,
+           hooks: Sequence[RunHook], show_progress: bool, overwrite: bool) -> RunResult:
+    config, data = spec.train, spec.data
+    corpus = load_corpus(data.data, cleaning=data.cleaning, token=data.token,
+                         min_freq=data.min_freq, progress=show_progress)
+    fractions = None if data.split_fractions is None else list(data.split_fractions)
+    splits = training_splits(corpus.ids, data.max_tokens, fractions)
+    _check_splits(splits, config.batch_size, config.num_steps, config.partition)
+    data_meta = {**corpus.describe(), "max_tokens": data.max_tokens, "split_fractions": fractions,
+                 "ranges": {k: list(v) for k, v in splits.ranges.items()}}
+    model_config = spec.model.config(vocab_size=len(corpus.vocab))
+    batch, steps = config.batch_size, config.num_steps
+    check_fits(training_bytes(model_config, batch, steps, config.optimizer),
+               f"training {describe(model_config, batch, steps)}",
+               "use a smaller --hidden-size, --num-layers, --batch-size or --num-steps",
+               device=device)
+    check_step_fits_time(model_config, batch, steps, config.max_time, device)
+    if checkpoint is None:
+        torch.manual_seed(config.seed)
+    model = GRULM(model_config).to(device)
+    optimizer = build_optimizer(model, config)
+    schedule = Schedule(config.schedule_config(), config.lr)
+    if checkpoint is not None:
+        refuse_differences(checkpoint, spec, model_config, corpus.vocab, data_meta)
+        model.load_state_dict(checkpoint.model.state_dict())
+        progress = restore_training_state(checkpoint, optimizer, schedule, device)
+        check_budget_left(progress, config)
+    else:
+        progress = Progress.start(config.seed)
+    train_ids = splits.train.to(device)
+
+    def make_batches(rng: random.Random):
+        return epoch_batches(train_ids, batch, steps, rng, config.partition)
+
+    prefixes = spec.output.sample_prefixes or (
+        SEED_PREFIXES if data.data == SEED_DATA  # "time traveller" means nothing elsewhere
+        else (corpus.decode(splits.train[: 16 if data.token == "char" else 3]),))
+    run = RunContext(spec, directory.path, corpus, splits, model, optimizer, schedule, device,
+                     model.backend().name, progress, checkpoint is not None, tuple(prefixes),
+                     len(make_batches(random.Random(0))))
+    if overwrite:
+        directory.clear_previous_run()  # only now, when every check above has passed
+    directory.sweep()
+    output = {**spec.to_dict()["output"], "sample_prefixes": list(prefixes)}
+    base_meta = {"data": data_meta, "train": config.to_dict(), "run": output,
+                 "preset": spec.preset}
+    writer = RunWriter(run, base_meta)
+    try:
+        for hook in hooks:
+            hook.on_start(run)
+        fit(model, make_batches, config, val_ids=splits.val, progress=progress,
+            optimizer=optimizer, schedule=schedule, hooks=_Chain(writer, hooks))
+        result = _finish(run, writer)
+    finally:
+        writer.close()
+    for hook in hooks:
+        hook.on_finish(run, result)
+    return result
+
+
+def _finish(run: RunContext, writer: RunWriter) -> RunResult:
+    """The final evaluation and checkpoint (after a signal: the checkpoint only)."""
+    progress, config, val_ids = run.progress, run.spec.train, run.splits.val
+    last = progress.history[-1] if progress.history else None
+    train_loss = progress.partial_loss() if progress.batch else (last and last.loss)
+    tokens_per_s = writer.metrics(progress)["tokens_per_s"]
+    val, skipped = None, False
+    if val_ids is not None and progress.stop_reason not in SIGNAL_STOPS:
+        if progress.batch == 0 and last is not None and last.val_loss is not None:
+            val = last.val_loss
+        elif evaluation_fits(config, progress.seconds, len(val_ids), tokens_per_s or 0.0):
+            val = evaluate(run.model, val_ids, config.batch_size, config.num_steps).loss
+            if val < progress.best_val_loss:
+                progress.best_val_loss, progress.best_epoch = val, progress.epoch
+                writer.save_best(progress)
+        else:
+            skipped = True
+    writer.save(progress)
+    if progress.stop_reason not in SIGNAL_STOPS:
+        writer.log.write({"kind": "final", "step": progress.step, "epoch": progress.epoch,
+                          "loss": train_loss, "perplexity": _exp_or_none(train_loss),
+                          "val_loss": val, "val_perplexity": _exp_or_none(val),
+                          "stop_reason": progress.stop_reason, "seconds": progress.seconds})
+    best = run.out / BEST_DIR
+    return RunResult(
+        out=run.out, stop_reason=progress.stop_reason or "epochs", epochs=progress.epoch,
+        step=progress.step, train_loss=train_loss, val_loss=val,
+        best_val_loss=writer.metrics(progress)["best_val_loss"], best_epoch=progress.best_epoch,
+        tokens_per_s=tokens_per_s, seconds=progress.seconds, validation_skipped=skipped,
+        best=best if best.is_dir() else None, plot=writer.plot_path,
+        metrics=writer.log.path if writer.log.active else None,
+    )
+
+
+class _Chain(Hooks):
+    """The writer first, then the caller's hooks; the first stop request wins."""
+
+    def __init__(self, writer: RunWriter, hooks: Sequence[Hooks]) -> None:
+        self.hooks = [writer, *hooks]
+
+    def on_step(self, progress, stats) -> None:
+        for hook in self.hooks:
+            hook.on_step(progress, stats)
+
+    def on_epoch(self, progress, stats) -> None:
+        for hook in self.hooks:
+            hook.on_epoch(progress, stats)
+
+    def should_stop(self) -> str | None:
+        return next((r for h in self.hooks if (r := h.should_stop()) is not None), None)
+
+
+def _check_splits(splits: Splits, batch_size: int, num_steps: int, partition: str) -> None:
+    """Training needs one batch whatever the offset; a held-out split needs one token per
+    evaluation stream plus one (it is read in ``batch_size`` streams, state carried)."""
+    check_batchable(splits.train, batch_size, num_steps, partition, what="the train split")
+    for name in ("val", "test"):
+        split = getattr(splits, name)
+        if split is not None and len(split) < batch_size + 1:
+            raise DataError(
+                f"the {name} split has {len(split)} tokens, too few to evaluate in "
+                f"{batch_size} streams: it needs at least {batch_size + 1} (batch size + 1); "
+                "give it a larger fraction, use more text, or a smaller --batch-size"
+            )
+
+
+def _exp_or_none(loss: float | None) -> float | None:
+    return None if loss is None else exp(loss)

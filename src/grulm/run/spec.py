@@ -1,0 +1,218 @@
+"""What a training run is, as data: :class:`RunSpec`, typed, frozen, with a JSON round trip.
+
+A spec has four sections — the data (:class:`DataSpec`), the model (:class:`ModelSpec`), how
+to train (:class:`grulm.train.TrainConfig`: optimisation, schedule, budget, evaluation) and
+what to write (:class:`OutputSpec`) — and names the preset it started from. Every default a
+run uses lives here and in the presets (:mod:`grulm.presets`); the CLI shows these values in
+``--help`` and passes only the flags a user gave, as overrides::
+
+    spec = RunSpec.from_preset("d2l", data="timemachine", epochs=4, seed=0)
+
+Override names are the CLI's flag names with underscores (``hidden_size``, ``input``,
+``split_fractions``, ``max_time`` …). One rule keeps a preset sensible on other text: when
+``data`` names another corpus than the preset's, the preset's corpus-specific choices
+(cleaning, max_tokens, split_fractions, sample_prefixes) give way to that corpus's defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from grulm.errors import ConfigError
+from grulm.model import GRUConfig
+from grulm.presets import PRESETS
+from grulm.train import TrainConfig
+
+SEED_DATA = "timemachine"
+SEED_MAX_TOKENS = 10_000
+SEED_PREFIXES = ("time traveller", "traveller")
+
+
+def corpus_defaults(data: str) -> dict[str, Any]:
+    """What a corpus is trained with unless told otherwise: the seed's choices for The Time
+    Machine, raw text and all of it for anything else."""
+    seed = data == SEED_DATA
+    return {"cleaning": "d2l" if seed else "raw", "max_tokens": SEED_MAX_TOKENS if seed else 0,
+            "split_fractions": None}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """The text and how it becomes training and validation tokens.
+
+    Attributes:
+        data: a built-in corpus name or a path to a text file.
+        cleaning: ``d2l``, ``raw`` or ``none`` (see :mod:`grulm.data.text`).
+        token: ``char`` or ``word``.
+        min_freq: tokens seen fewer times become ``<unk>``.
+        max_tokens: train on the first N tokens of the training split; 0 = all.
+        split_fractions: contiguous train/val[/test] fractions; None = the seed's split
+            (validation on the last 10 %).
+    """
+
+    data: str = SEED_DATA
+    cleaning: str = "d2l"
+    token: str = "char"
+    min_freq: int = 0
+    max_tokens: int = SEED_MAX_TOKENS
+    split_fractions: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
+            raise ConfigError(f"max_tokens must be ≥ 0 (0 = all), got {self.max_tokens!r}")
+        if self.split_fractions is not None:
+            object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The architecture (:class:`grulm.model.GRUConfig` less the vocabulary size, which the
+    data decides)."""
+
+    hidden_size: int = 256
+    num_layers: int = 1
+    variant: str = "reset_before"
+    input_kind: str = "onehot"
+    embedding_size: int | None = None
+    dropout: float = 0.0
+    init: str = "d2l"
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.input_kind == "onehot" and self.embedding_size is not None:
+            raise ConfigError("embedding_size sets the width of a learned embedding; one-hot "
+                              "input has the vocabulary's width: drop --embedding-size or use "
+                              "--input embedding")
+        self.config(vocab_size=1)  # validates every field now, not after the data is read
+
+    def config(self, vocab_size: int) -> GRUConfig:
+        return GRUConfig(vocab_size=vocab_size, **asdict(self))
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What a run writes and shows besides its final checkpoint.
+
+    Attributes:
+        checkpoint_every_epochs: a resumable checkpoint every N epochs; 0 = only at the end.
+        checkpoint_every_steps: also every N optimiser steps; 0 = never.
+        log_every_steps: a metrics line every K steps (and every epoch); 0 = epochs only.
+        sample_every: a greedy sample every N epochs (for progress hooks); 0 = never.
+        sample_prefixes: what samples are primed with; None = the text's opening (the seed:
+            "time traveller", "traveller").
+        tensorboard: also write TensorBoard events when the package is installed.
+    """
+
+    checkpoint_every_epochs: int = 10
+    checkpoint_every_steps: int = 0
+    log_every_steps: int = 100
+    sample_every: int = 10
+    sample_prefixes: tuple[str, ...] | None = None
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)
+                                    or value < 0):
+                raise ConfigError(f"{f.name} must be an integer ≥ 0, got {value!r}")
+        if self.sample_prefixes is not None:
+            object.__setattr__(self, "sample_prefixes", tuple(self.sample_prefixes))
+
+
+SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainConfig, "output": OutputSpec}
+# Override names that differ from the field they set (the CLI's flag is --input).
+RENAMED = {"input": "input_kind"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A whole training run: data, model, training (optimisation, schedule, budget,
+    evaluation) and output, and the preset it came from."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    preset: str = "d2l"
+
+    @classmethod
+    def from_preset(cls, name: str = "d2l", **overrides: Any) -> RunSpec:
+        """The preset ``name`` with ``overrides`` (flag names with underscores) applied.
+
+        Raises:
+            ConfigError: an unknown preset or override name (the message lists the valid
+                ones), or an invalid value.
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"there is no preset {name!r}; presets: {', '.join(PRESETS)}")
+        unknown = sorted(set(overrides) - set(override_names()))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid names: "
+                              f"{', '.join(override_names())}")
+        settings = PRESETS[name].settings()
+        if "data" in overrides and overrides["data"] != settings["data"]:
+            settings.update(corpus_defaults(overrides["data"]))
+            settings.pop("sample_prefixes", None)
+        settings.update({RENAMED.get(k, k): v for k, v in overrides.items()})
+        return cls._build(settings, preset=name)
+
+    @classmethod
+    def _build(cls, settings: dict[str, Any], preset: str) -> RunSpec:
+        sections = {}
+        for section, kind in SECTIONS.items():
+            values = {f.name: settings[f.name] for f in fields(kind) if f.name in settings}
+            try:
+                sections[section] = kind(**values)
+            except TypeError as error:  # a value of the wrong type
+                raise ConfigError(f"invalid {section} settings: {error}") from None
+        return cls(**sections, preset=preset)
+
+    def replace(self, **overrides: Any) -> RunSpec:
+        """This spec with some settings changed (override names, as for :meth:`from_preset`)."""
+        unknown = sorted(set(overrides) - set(override_names()))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid names: "
+                              f"{', '.join(override_names())}")
+        settings = self.flat()
+        settings.update({RENAMED.get(k, k): v for k, v in overrides.items()})
+        return self._build(settings, preset=self.preset)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting in one mapping, keyed by field name."""
+        return {k: v for section in SECTIONS for k, v in asdict(getattr(self, section)).items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"data": {...}, "model": {...}, "train": {...}, "output": {...},
+        "preset": ...}`` (tuples become lists)."""
+        return {**{section: _jsonable(asdict(getattr(self, section))) for section in SECTIONS},
+                "preset": self.preset}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        """The inverse of :meth:`to_dict`; unknown sections or fields are a ``ConfigError``."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a run spec is a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - {*SECTIONS, "preset"})
+        if unknown:
+            raise ConfigError(f"unknown run spec section(s) {', '.join(unknown)}")
+        settings = {}
+        for section, kind in SECTIONS.items():
+            values = data.get(section, {})
+            names = {f.name for f in fields(kind)}
+            if not isinstance(values, dict) or not set(values) <= names:
+                raise ConfigError(f"run spec section {section!r} must be an object with "
+                                  f"fields from: {', '.join(sorted(names))}")
+            settings.update(values)
+        return cls._build(settings, preset=str(data.get("preset", "d2l")))
+
+
+def override_names() -> list[str]:
+    """Every name :meth:`RunSpec.from_preset` accepts, sorted."""
+    inverse = {v: k for k, v in RENAMED.items()}
+    return sorted(inverse.get(f.name, f.name) for kind in SECTIONS.values() for f in fields(kind))
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
