@@ -86,7 +86,7 @@ def add_parser(subparsers) -> None:
     group.add_argument("--threads", type=int, help="CPU threads [one per core]")
     group = _add(parser, "output", *[(f"--{n}", {"type": int, "metavar": "N"}) for n in (
         "checkpoint-every-epochs", "checkpoint-every-steps", "log-every-steps",
-        "sample-every")])
+        "sample-every")], ("--sample-prefixes", {"nargs": "+", "metavar": "TEXT"}))
     group.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
                        help="no TensorBoard events even when tensorboard is installed")
     group.add_argument("--out", type=Path, help="run directory [runs/seed; with --preset NAME, "
@@ -124,8 +124,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in options.items() if k in override_names()}
     if options.get("threads", 1) < 1:
         raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
-    if "threads" in options:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(options.get("threads", torch.get_num_threads()))
     printer = _Printer(args.no_progress, started)
     common = {"device": args.device, "hooks": [printer], "progress": not args.no_progress}
     try:
@@ -236,10 +235,9 @@ class _Printer(RunHook):
                   f"best validation perplexity {best:.2f} (saved in {result.best})")
             if train_ppl < MEMORISED_TRAIN_PPL and val_ppl > MEMORISED_RATIO * train_ppl:
                 print(f"memorisation: training perplexity {train_ppl:.2f} but validation "
-                      f"perplexity {val_ppl:.2f}: the model recites its "
-                      f"{len(run.splits.train):,} training tokens and does not generalise to "
-                      "held-out text (train on more text, e.g. --max-tokens 0, or see "
-                      "--preset shakespeare)")
+                      f"perplexity {val_ppl:.2f}: the model recites its {len(run.splits.train):,}"
+                      " training tokens and does not generalise to held-out text (train on more "
+                      "text, e.g. --max-tokens 0, or see --preset shakespeare)")
         print(f"perplexity {train_ppl:.1f}, {result.tokens_per_s or math.nan:,.0f} tokens/s on "
               f"{run.device}")
         for prefix in run.sample_prefixes:
