@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-import grulm.checkpoint as checkpoint_module
+import grulm.checkpoint.files as checkpoint_files
 from grulm.checkpoint import (
     METADATA_FILE,
     load_checkpoint,
@@ -135,7 +135,7 @@ def _assert_previous_checkpoint_intact(directory, names, bias):
 def test_disk_full_while_writing_the_weights(tmp_path, model, vocab, monkeypatch):
     save_checkpoint(tmp_path, model, vocab, META)
     names, before = _names(tmp_path), model.head.bias.clone()
-    monkeypatch.setattr(checkpoint_module, "save_file", _disk_full)
+    monkeypatch.setattr(checkpoint_files, "save_file", _disk_full)
     _bump(model)
     with pytest.raises(CheckpointError, match=r"^could not save the checkpoint in .*: writing the "
                        r"weights failed \(\[Errno 28\] No space left on device\); the previous "
@@ -152,7 +152,7 @@ def test_safetensors_error_after_a_partial_write(tmp_path, model, vocab, monkeyp
         Path(path).write_bytes(b"\0" * 100)
         raise SafetensorError("Error while serializing: IoError(StorageFull)")
 
-    monkeypatch.setattr(checkpoint_module, "save_file", partial_then_error)
+    monkeypatch.setattr(checkpoint_files, "save_file", partial_then_error)
     _bump(model)
     with pytest.raises(CheckpointError, match="writing the weights failed.*StorageFull.*unchanged"):
         save_checkpoint(tmp_path, model, vocab, META)
@@ -512,8 +512,8 @@ def test_huge_configs_fail_on_the_header_before_a_model_is_built(tmp_path, model
     def never(*args, **kwargs):
         raise AssertionError("a model was built")
 
-    monkeypatch.setattr(checkpoint_module, "GRULM", never)
-    monkeypatch.setattr(checkpoint_module, "load_file", never)
+    monkeypatch.setattr(checkpoint_files, "GRULM", never)
+    monkeypatch.setattr(checkpoint_files, "load_file", never)
     started = time.perf_counter()
     with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(tmp_path)
@@ -526,7 +526,7 @@ def test_weights_of_mixed_dtypes_are_refused(tmp_path, model, vocab):
     tensors["model.head.bias"] = tensors["model.head.bias"].double()
     name = "tensors-00000000000000aa.safetensors"
     save_file(tensors, str(tmp_path / name))
-    digest = checkpoint_module._sha256(tmp_path / name)
+    digest = checkpoint_files._sha256(tmp_path / name)
     _edit(tmp_path, lambda m: m.update(tensors_file=name, tensors_sha256=digest))
     with pytest.raises(CheckpointError, match="share one floating-point dtype, found F32, F64"):
         load_checkpoint(tmp_path)

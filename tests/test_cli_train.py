@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from grulm import checkpoint as checkpoint_module
+from grulm.checkpoint import files as checkpoint_files
 from grulm.checkpoint import load_checkpoint
 from grulm.cli import main
 from grulm.metrics_log import read_log
@@ -178,7 +178,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_text, tmp_pat
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_text, tmp_path,
                                                              monkeypatch, capsys):
     out = tmp_path / "run"
-    save_file = checkpoint_module.save_file
+    save_file = checkpoint_files.save_file
     writes = {"run": 0}
 
     def fill_disk_on_second_run_checkpoint(tensors, path):
@@ -189,7 +189,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_text, tmp_pa
                 raise OSError(errno.ENOSPC, "No space left on device")
         return save_file(tensors, path)
 
-    monkeypatch.setattr(checkpoint_module, "save_file", fill_disk_on_second_run_checkpoint)
+    monkeypatch.setattr(checkpoint_files, "save_file", fill_disk_on_second_run_checkpoint)
     status = _train_in_process(*TINY, "--data", small_text, "--epochs", "3",
                                "--checkpoint-every-epochs", "1", "--out", out)
     assert status == 2
