@@ -3,21 +3,11 @@
 A preset fixes the data, model and training settings; any flag given explicitly overrides
 the preset's value. ``d2l`` is the seed experiment exactly (the default). ``shakespeare`` is
 a character model of tinyshakespeare chosen by measurement on a 2-core CPU for a budget of
-a few minutes (see ``benchmarks/quality.py`` and the README for the numbers).
+a few minutes (``benchmarks/quality.py``).
 
-How ``shakespeare`` was chosen (2026-11-30, the 2-core machine shared with other jobs, load
-average 2–5, so every number here is lower than on a quiet machine):
-
-- throughput, one thread, training step of batch 32 × 128: the fused ``cpu`` backend with a
-  64-wide embedding runs a 1×256 GRU at 10.6–16.6k tokens/s, 1×320 at 7.3k, 1×384 at
-  5.5–8.7k; the issue's ``nn.GRU`` baseline (256-wide embedding) at 5.2–9.2k. Batch 64
-  was no faster per token; reset-before and reset-after ran alike (7.7k vs 7.5k).
-- quality in equal time, two candidates side by side (150 s, one thread each): 1×256
-  lr 5e-3 → 1.94 nats/char (195 steps); 1×256 lr 8e-3 → 1.86 (187 steps); 1×384 → 2.29
-  (97 steps); 2×256 with dropout 0.1 → 2.50 (78 steps). In a few minutes of CPU the
-  recipe is throughput-bound: the smallest model that learns fast wins, and cosine decay
-  to the end of the budget (``--max-time``) turns the last steps into fine-tuning.
-- dropout: none (grulm applies dropout between layers, and the recipe has one).
+``shakespeare`` is throughput-bound on a CPU in a few minutes: the smallest model that learns
+fast wins, and cosine decay to the end of the budget (``--max-time``) turns the last steps into
+fine-tuning. The measurements behind the choice are in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -65,8 +55,8 @@ PRESETS: dict[str, Preset] = {
                "input_kind": "onehot", "embedding_size": None, "dropout": 0.0, "init": "d2l"},
         train={"epochs": 500, "batch_size": 32, "num_steps": 35, "lr": 1.0, "clip": 1.0,
                "partition": "sequential", "optimizer": "sgd", "schedule": "constant",
-               # Validating the 17k held-out characters costs ~70% of a seed epoch; every 10th
-               # epoch (and the last) keeps the curve and costs ~7%.
+               # Validating the 17k held-out characters costs most of a seed epoch; every 10th
+               # epoch (and the last) keeps the curve at a tenth of that.
                "eval_every": 10},
         run={"checkpoint_every_epochs": 50, "log_every_steps": 0,
              "sample_prefixes": ["time traveller", "traveller"]},
