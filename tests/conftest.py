@@ -1,5 +1,8 @@
-"""Shared fixtures: the corpora from ../shared/data, an isolated cache, the CLI as a subprocess."""
+"""Shared fixtures: the corpora from ../shared/data, an isolated cache, the CLI in this process
+or as a subprocess."""
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -21,7 +24,7 @@ def shared_data(monkeypatch, tmp_path):
     return SHARED_DATA
 
 
-def _run_grulm(*args, env=None, input=None, timeout=600, cwd=None):
+def _run_grulm_process(*args, env=None, input=None, timeout=600, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "grulm.cli", *map(str, args)],
         capture_output=True,
@@ -33,11 +36,54 @@ def _run_grulm(*args, env=None, input=None, timeout=600, cwd=None):
     )
 
 
+def _run_grulm_in_process(*args, env=None, input=None, cwd=None):
+    """``grulm.cli.main`` in this process, as a process would see it: its own environment
+    variables, working directory, stdin, stdout and stderr, and the thread count restored."""
+    from grulm.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    os.environ.update(env or {})
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                _stdin(input):
+            try:
+                status = main([str(arg) for arg in args])
+            except SystemExit as exit:  # --help, argparse's usage errors
+                status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(args, status, stdout.getvalue(), stderr.getvalue())
+
+
+@contextlib.contextmanager
+def _stdin(text):
+    saved = sys.stdin
+    sys.stdin = io.StringIO(text or "")
+    try:
+        yield
+    finally:
+        sys.stdin = saved
+
+
 @pytest.fixture(scope="session")
 def run_grulm():
-    """``run_grulm(*args, env=, input=, timeout=, cwd=)``: run the real ``grulm`` command with
-    this interpreter in a subprocess and return the ``CompletedProcess`` (text mode)."""
-    return _run_grulm
+    """``run_grulm(*args, env=, input=, cwd=)``: the ``grulm`` command in this process
+    (:func:`grulm.cli.main` with its own environment, stdin and captured output); returns a
+    ``CompletedProcess`` (text mode). A bug's exception propagates into the test."""
+    return _run_grulm_in_process
+
+
+@pytest.fixture(scope="session")
+def run_grulm_process():
+    """``run_grulm_process(*args, env=, input=, timeout=, cwd=)``: the real command in a
+    subprocess, for what only a process shows: signals, pipes and hangs (a timeout)."""
+    return _run_grulm_process
 
 
 @pytest.fixture

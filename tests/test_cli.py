@@ -44,7 +44,7 @@ def test_train_prints_the_seed_summary_and_writes_checkpoint_and_plot(trained):
     assert any(line.startswith("traveller") for line in lines)
     checkpoint = load_checkpoint(out)
     assert checkpoint.model.config.hidden_size == 32
-    assert checkpoint.meta["data"]["cleaning"] == "d2l"
+    assert checkpoint.meta.data.cleaning == "d2l"
     assert (out / "perplexity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -143,10 +143,11 @@ def test_info_on_a_directory_without_checkpoint(tmp_path, run_grulm):
 
 
 @pytest.mark.slow
-def test_the_seed_experiment_reaches_perplexity_1_2(shared_data, tmp_path, run_grulm):
+def test_the_seed_experiment_reaches_perplexity_1_2(shared_data, tmp_path, run_grulm_process):
     """`grulm train` with no flags: 500 epochs on the first 10,000 characters, reset-before."""
-    result = run_grulm("train", "--no-progress", "--out", tmp_path / "seed", timeout=1800)
+    result = run_grulm_process("train", "--no-progress", "--out", tmp_path / "seed",
+                               timeout=1800)
     assert result.returncode == 0, result.stderr
     perplexity = float(re.search(r"perplexity (\d+\.\d+),", result.stdout).group(1))
     assert perplexity <= 1.2, result.stdout
-    assert load_checkpoint(tmp_path / "seed").meta["metrics"]["perplexity"] <= 1.2
+    assert load_checkpoint(tmp_path / "seed").meta.metrics["perplexity"] <= 1.2
