@@ -10,7 +10,9 @@ converted exactly to the textbook's parameters for the seed):
   model's ``forward`` one character at a time (last, because a multi-threaded backend can
   leave its thread pool spinning for a while and slow whatever runs next);
 - ``grulm greedy`` / ``grulm sample`` / ``grulm sample top-k/top-p`` / ``grulm stream``: the
-  library as users call it (one-pass warm-up, then the lean step decoder).
+  library as users call it: the one-pass warm-up, then the decoding backend's single step
+  (``backend='auto'``: on a CPU the compiled ``cpu`` one, one call per step and one for a
+  whole greedy run; the table's header names the backend that ran).
 
 Each row is the median of ``--repeats`` timed runs after one untimed warm-up run; each run
 generates ``--num-chars`` characters after the prefix "time traveller" (warm-up included, as a
@@ -34,7 +36,7 @@ import torch
 
 from grulm import textbook
 from grulm.data.vocab import Vocab
-from grulm.generate import generate, predict, stream
+from grulm.generate import GRUStepDecoder, generate, predict, stream
 from grulm.model import GRULM, GRUConfig
 
 PREFIX = "time traveller"
@@ -101,9 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     load_after = os.getloadavg()[0]
 
     baseline = seconds["seed predict_ch8"]
+    decode_backend = GRUStepDecoder(model, model.begin_state(1)).backend.name
     print(
         f"single-stream generation, H={args.hidden_size}, V={len(vocab)}, {n} chars after "
-        f"{PREFIX!r}, median of {args.repeats}, torch threads {torch.get_num_threads()}"
+        f"{PREFIX!r}, median of {args.repeats}, torch threads {torch.get_num_threads()}, "
+        f"decoding backend {decode_backend!r}"
     )
     print(f"{'path':26s} {'chars/s':>10s} {'µs/char':>9s} {'vs seed':>8s}")
     for name, secs in seconds.items():
@@ -119,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "num_chars": n,
         "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
+        "decode_backend": decode_backend,
         "chars_per_s": {name: round(n / secs, 1) for name, secs in seconds.items()},
         "speedup_greedy_vs_seed": round(baseline / seconds["grulm greedy"], 2),
         "speedup_sample_vs_seed": round(baseline / seconds["grulm sample"], 2),

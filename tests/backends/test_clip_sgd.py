@@ -8,7 +8,7 @@ import torch
 from grulm.backends import cpu
 from grulm.model import GRULM, GRUConfig
 from grulm.optim import clip_and_step, clip_gradients, make_optimizer
-from grulm.train import train_epoch
+from grulm.train import TrainConfig, build_step, train_step
 
 pytestmark = pytest.mark.skipif(
     cpu.unavailable() is not None, reason=f"cpu backend unavailable: {cpu.unavailable()}"
@@ -135,13 +135,15 @@ def test_clip_and_step_falls_back_where_plain_sgd_does_not_apply(case):
 @pytest.mark.parametrize("backend, fused", [("cpu", True), ("reference", False)])
 def test_training_takes_the_backends_fused_step(monkeypatch, backend, fused):
     model = GRULM(GRUConfig(12, 16, backend=backend))
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    update = build_step(model, TrainConfig(optimizer="sgd", lr=1.0, clip=1.0))
     steps = []
     real_step = torch.optim.SGD.step
     monkeypatch.setattr(torch.optim.SGD, "step", lambda *a, **k: steps.append(real_step(*a, **k)))
-    X = torch.randint(0, 12, (2, 2, 5))
-    train_epoch(model, list(zip(X[0:1], X[1:2], strict=True)) * 3, optimizer, clip=1.0,
-                fresh_state_every_batch=False)
+    X = torch.randint(0, 12, (2, 5))
+    state = model.begin_state(2)
+    for _ in range(3):
+        _, state, _ = train_step(model, X, X, state.detach(), update)
+    assert (update.fused is not None) == fused
     assert len(steps) == (0 if fused else 3)
 
 

@@ -11,7 +11,8 @@ on a CPU (see ``csrc/gru_cpu.cpp``):
   elementwise pass that writes the gates, the saved activations and the next state. The
   products run on a small kernel of our own (``csrc/packed_matmul.h``): ``W_hh`` is packed once
   per call into 16-column panels and a 4×16 AVX2/FMA register tile multiplies against it,
-  about 1.5× MKL's speed on these few-row shapes, with no dispatch per step;
+  because a BLAS call repacks the weights and pays a dispatch on every one of these few-row
+  products;
 - backward is a custom :class:`torch.autograd.Function` that walks the steps in reverse with
   one product per step for ``dh`` (two for reset-before) and forms ``dW_hh`` and the bias
   gradients once, over all T·B rows, after the loop;
@@ -21,142 +22,28 @@ on a CPU (see ``csrc/gru_cpu.cpp``):
 
 The same extension has the output head and the loss fused (``csrc/head_loss.cpp``,
 :func:`head_loss`, used by :meth:`grulm.model.GRULM.loss`): logits, softmax, mean
-cross-entropy and their gradients without ATen's three awkwardly shaped products; and
-gradient clipping fused with a plain SGD step (``csrc/clip_sgd.cpp``, :func:`clip_sgd_`, which
-:func:`grulm.optim.clip_and_step` takes for this backend's models).
+cross-entropy and their gradients without ATen's three awkwardly shaped products; gradient
+clipping fused with a plain SGD step (``csrc/clip_sgd.cpp``, :func:`clip_sgd_`, which
+:func:`grulm.optim.clip_and_step` takes for this backend's models); and single-step decoding
+for generation (``csrc/decode_step.cpp``, :func:`decode_step`, :func:`decode_greedy`): a
+step, a whole prefix or a whole greedy run in one call, from tensors derived once from the
+model's parameters.
 
-The extension is compiled just in time, once per source/torch version/flags, by
-``torch.utils.cpp_extension`` with ninja (about 23 s on two cores), into PyTorch's extension
-directory (see :func:`build_dir`); later processes load the cached library directly (~2 ms).
-Where it cannot be built (no compiler, no ninja, a failing build) :func:`unavailable` says why
-and ``backend='auto'`` falls back to the next backend with one warning.
+The extension is built and loaded by :mod:`grulm.backends.build` (one toolchain, one cache,
+one fallback policy): where it cannot be built, :func:`unavailable` says why and what to
+install, and ``backend='auto'`` falls back with one warning.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
-import platform
-import shutil
-import sys
-import tempfile
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
-LIBRARY_NAME = "grulm_cpu"
-CSRC = Path(__file__).with_name("csrc")
-SOURCES = (CSRC / "gru_cpu.cpp", CSRC / "head_loss.cpp", CSRC / "clip_sgd.cpp")
-HEADERS = (CSRC / "activations.h", CSRC / "packed_matmul.h", CSRC / "team.h")
+from grulm.backends import build
+from grulm.backends.decode import DecodeParams
 
-
-def _compile_flags() -> list[str]:
-    """Optimisation flags for this machine: AVX2/FMA where PyTorch itself uses them."""
-    flags = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
-    capability = torch.backends.cpu.get_cpu_capability()
-    if platform.machine() in ("x86_64", "AMD64") and capability in ("AVX2", "AVX512"):
-        flags += ["-mavx2", "-mfma"]
-    return flags
-
-
-def build_dir() -> Path:
-    """Where the compiled library for this source, torch version and flag set lives.
-
-    Beside PyTorch's own just-in-time extensions: ``$TORCH_EXTENSIONS_DIR``, else
-    ``$XDG_CACHE_HOME/torch_extensions`` (``~/.cache/torch_extensions``). Not under
-    ``$GRULM_CACHE``, so that runs with a fresh data cache (tests, sandboxes) reuse the build.
-    """
-    root = os.environ.get("TORCH_EXTENSIONS_DIR")
-    if not root:
-        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        root = Path(cache) / "torch_extensions"
-    key = hashlib.sha1()
-    for path in (*SOURCES, *HEADERS):
-        key.update(path.read_bytes())
-    key.update(f"{torch.__version__} {torch.version.git_version}".encode())
-    key.update(" ".join([platform.machine(), *_compile_flags()]).encode())
-    return Path(root).expanduser() / f"{LIBRARY_NAME}-{key.hexdigest()[:16]}"
-
-
-def _build(target: Path) -> None:
-    """Compile the extension and move the library to ``target`` atomically.
-
-    Raises:
-        RuntimeError (or OSError): the compiler or ninja is missing or the build failed.
-    """
-    from torch.utils import cpp_extension  # imports setuptools: only when building
-
-    # ninja from PyPI lives next to the interpreter; a venv used without activation does not
-    # have that directory on PATH.
-    bin_dirs = [os.path.dirname(sys.executable)]
-    try:
-        import ninja
-
-        bin_dirs.append(ninja.BIN_DIR)
-    except ImportError:
-        pass
-    os.environ["PATH"] = os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")])
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = target.parent / "build"
-    work.mkdir(exist_ok=True)
-    cpp_extension.load(
-        name=LIBRARY_NAME,
-        sources=[str(path) for path in SOURCES],
-        extra_cflags=_compile_flags(),
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(work),
-        is_python_module=False,
-        verbose=False,
-    )
-    # Copy then rename, so another process never loads a half-written library.
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-        shutil.copyfile(work / f"{LIBRARY_NAME}.so", tmp.name)
-    os.replace(tmp.name, target)
-
-
-@functools.cache
-def _load() -> str | None:
-    """Load the extension, building it first if needed; None on success, else the reason."""
-    if hasattr(torch.ops, LIBRARY_NAME) and hasattr(torch.ops.grulm_cpu, "forward"):
-        return None
-    try:
-        target = build_dir() / f"{LIBRARY_NAME}.so"
-        if target.exists():
-            torch.ops.load_library(str(target))
-        else:
-            _build(target)  # loads the freshly built library into this process
-    except (RuntimeError, OSError, ImportError, SystemExit) as error:
-        return f"could not build the C++ extension: {_summary(error)}"
-    return None
-
-
-def _summary(error: BaseException) -> str:
-    """One line from a build failure: the first compiler error if there is one."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line or "not found" in line]
-    return (errors or lines or [type(error).__name__])[0][:300]
-
-
-def unavailable() -> str | None:
-    """Why the backend cannot run here (the extension failed to build or load), or None.
-
-    The first call builds the extension if this machine has no cached copy (about 23 s
-    on two cores), or loads the cached one.
-    """
-    return _load()
-
-
-def load() -> None:
-    """Build (if needed) and load the extension now.
-
-    Raises:
-        RuntimeError: it cannot be built or loaded here; the message says why.
-    """
-    reason = _load()
-    if reason is not None:
-        raise RuntimeError(reason)
+unavailable = build.unavailable
+load = build.load
 
 
 class FusedGRULayer(torch.autograd.Function):
@@ -290,3 +177,34 @@ def clip_sgd_(
     load()
     with torch.no_grad():
         return torch.ops.grulm_cpu.clip_sgd_(params, grads, lrs, max_norm)
+
+
+def decode_step(params: DecodeParams, x_ids: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """Same contract as :func:`grulm.backends.reference.decode_step`, in one call into C++.
+
+    Float32 or float64 on the CPU; the parameters are read as they are, nothing is derived.
+
+    Raises:
+        RuntimeError: a token id outside [0, V), or the extension cannot be built or loaded.
+    """
+    load()
+    return torch.ops.grulm_cpu.decode_step(params.tensors(), x_ids, h, params.reset_after)
+
+
+def decode_greedy(
+    params: DecodeParams, x_ids: Tensor, h: Tensor, steps: int
+) -> tuple[Tensor, Tensor]:
+    """Feed ``x_ids`` (N,), then ``steps`` times take each sequence's argmax (the first
+    maximum, as ``torch.argmax``) and feed it back, except the last: a whole greedy run in one
+    call into C++.
+
+    Args:
+        params, h: as :func:`decode_step`; ``steps`` ≥ 1.
+
+    Returns:
+        The chosen tokens (N, steps) int64, and the state after the last token fed (L, N, H).
+    """
+    load()
+    return torch.ops.grulm_cpu.decode_greedy(
+        params.tensors(), x_ids, h, params.reset_after, steps
+    )

@@ -1,11 +1,10 @@
 // Small matrix products for the GRU time loop: C (M×N) = A (M×K) · P, or C += A · P.
 //
 // Every step multiplies a few rows (one thread's share of the batch) by the same weight matrix
-// P. A BLAS call repacks P on every call and pays a dispatch each time; on the step's shapes
-// (16–32 rows, K = H) that costs a third of its speed here (MKL: 27 GFLOP/s per core on
-// 16×256·256×768). So P is packed ONCE per forward (or backward) into panels of 16 columns,
-// [panel][k][16], and a 4×16 register tile (8 AVX2 accumulators, FMA) walks the rows against
-// each panel while it sits in L1: ~41 GFLOP/s per core on the same shape.
+// P. A BLAS call repacks P on every call and pays a dispatch each time, which on the step's
+// shapes (16–32 rows, K = H) is a large part of the product's cost. So P is packed ONCE per
+// forward (or backward) into panels of 16 columns, [panel][k][16], and a 4×16 register tile
+// (8 AVX2 accumulators, FMA) walks the rows against each panel while it sits in L1.
 //
 // Without AVX2/FMA in the build, and for float64 (used by the parity tests), the product is an
 // ATen matmul on views of the same memory instead.
