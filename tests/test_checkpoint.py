@@ -14,8 +14,10 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import grulm.checkpoint.files as checkpoint_files
+import grulm.checkpoint.load as checkpoint_load
 from grulm.checkpoint import (
     METADATA_FILE,
+    DataInfo,
     load_checkpoint,
     save_checkpoint,
     sweep_checkpoint_dir,
@@ -67,14 +69,27 @@ def test_round_trip_restores_config_weights_vocab_and_meta(tmp_path, model, voca
     loaded = load_checkpoint(tmp_path / "ck")
     assert loaded.model.config == model.config
     assert loaded.vocab == vocab
-    assert loaded.meta["data"] == META["data"] and loaded.meta["metrics"] == META["metrics"]
-    assert loaded.meta["format_version"] == 1 and "grulm_version" in loaded.meta
+    assert loaded.meta.data == DataInfo(source="toy", cleaning="raw", token="char")
+    assert loaded.meta.data.to_json() == META["data"] and loaded.meta.metrics == META["metrics"]
+    assert loaded.meta.format_version == 1 and loaded.meta.grulm_version is not None
     assert int(loaded.state_tensors["optimizer.step"]) == 7
     for name, p in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], p), name
     assert not loaded.model.training
     X = torch.randint(0, len(vocab), (2, 5))
     torch.testing.assert_close(loaded.model(X)[0], model.eval()(X)[0])
+
+
+def test_a_loaded_checkpoint_does_not_map_its_weights_file(tmp_path, model, vocab):
+    """A resumed run's next save deletes the file it was loaded from; a mapping would keep that
+    file's disk space for as long as the run."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        pytest.skip("no /proc/self/maps here")
+    save_checkpoint(tmp_path, model, vocab, META, {"hidden": torch.ones(2, 3)})
+    loaded = load_checkpoint(tmp_path)
+    assert str(_tensors_file(tmp_path)) not in maps.read_text()
+    assert torch.equal(loaded.state_tensors["hidden"], torch.ones(2, 3))
 
 
 def test_float64_weights_round_trip(tmp_path, model, vocab):
@@ -100,7 +115,7 @@ def test_meta_cannot_override_the_fields_the_checkpoint_writes(tmp_path, model, 
     save_checkpoint(tmp_path, model, vocab,
                     {**META, "tensors_file": "../x", "format_version": 7, "vocab": {}})
     loaded = load_checkpoint(tmp_path)
-    assert loaded.meta["format_version"] == 1 and loaded.vocab == vocab
+    assert loaded.meta.format_version == 1 and loaded.vocab == vocab
 
 
 def test_meta_of_the_wrong_type_is_refused_before_writing(tmp_path, model, vocab):
@@ -512,8 +527,8 @@ def test_huge_configs_fail_on_the_header_before_a_model_is_built(tmp_path, model
     def never(*args, **kwargs):
         raise AssertionError("a model was built")
 
-    monkeypatch.setattr(checkpoint_files, "GRULM", never)
-    monkeypatch.setattr(checkpoint_files, "load_file", never)
+    monkeypatch.setattr(checkpoint_load, "GRULM", never)
+    monkeypatch.setattr(checkpoint_load, "load_file", never)
     started = time.perf_counter()
     with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(tmp_path)
@@ -526,7 +541,7 @@ def test_weights_of_mixed_dtypes_are_refused(tmp_path, model, vocab):
     tensors["model.head.bias"] = tensors["model.head.bias"].double()
     name = "tensors-00000000000000aa.safetensors"
     save_file(tensors, str(tmp_path / name))
-    digest = checkpoint_files._sha256(tmp_path / name)
+    digest = checkpoint_files.file_sha256(tmp_path / name)
     _edit(tmp_path, lambda m: m.update(tensors_file=name, tensors_sha256=digest))
     with pytest.raises(CheckpointError, match="share one floating-point dtype, found F32, F64"):
         load_checkpoint(tmp_path)

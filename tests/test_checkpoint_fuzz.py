@@ -201,6 +201,6 @@ def test_every_reader_field_with_every_json_type(checkpoint_dir, original_metada
 
 def test_the_unmutated_checkpoint_passes_every_command(checkpoint_dir, original_metadata):
     (checkpoint_dir / METADATA_FILE).write_text(json.dumps(original_metadata))
-    assert load_checkpoint(checkpoint_dir).meta["preset"] == "d2l"
+    assert load_checkpoint(checkpoint_dir).meta.preset == "d2l"
     assert _run_cli("info", checkpoint_dir) == 0
     assert _run_cli("generate", checkpoint_dir, "--num-preds", "5") == 0

@@ -62,8 +62,8 @@ def test_train_reports_validation_and_writes_metrics_best_and_plot(run):
     assert steps and all(r["step"] % 5 == 0 and r["grad_norm"] > 0 for r in steps)
     assert records[-1]["kind"] == "final" and records[-1]["stop_reason"] == "epochs"
     best = load_checkpoint(out / "best")
-    assert best.meta["metrics"]["best_val_loss"] == min(r["val_loss"] for r in epochs)
-    assert "training_state" not in best.meta
+    assert best.meta.metrics["best_val_loss"] == min(r["val_loss"] for r in epochs)
+    assert best.meta.training_state is None
     assert (out / "perplexity.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -97,11 +97,11 @@ def test_explicit_flags_override_the_preset_and_eval_needs_the_split(small_text,
                        "--max-steps", "3", "--out", out)
     assert result.returncode == 0, result.stderr
     checkpoint = load_checkpoint(out)
-    config, train = checkpoint.model.config, checkpoint.meta["train"]
+    config, train = checkpoint.model.config, checkpoint.meta.train
     assert (config.hidden_size, config.variant, config.backend) == (16, "reset_after", "torch")
     assert (config.input_kind, config.embedding_size) == ("embedding", 64)  # from the preset
     assert (train["optimizer"], train["schedule"], train["batch_size"]) == ("adamw", "cosine", 4)
-    assert checkpoint.meta["data"]["cleaning"] == "raw"  # the default for a local file
+    assert checkpoint.meta.data.cleaning == "raw"  # the default for a local file
     assert "--max-steps 3 reached" in result.stderr
     result = run_grulm("eval", out, "--split", "test")  # a seed split: train and val only
     assert result.returncode == 2 and "there is no test split" in result.stderr
@@ -171,7 +171,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_text, tmp_pat
     assert status == 2
     assert "became nan in epoch 3" in capsys.readouterr().err
     checkpoint = load_checkpoint(out)
-    assert checkpoint.meta["metrics"]["epochs"] == 2
+    assert checkpoint.meta.metrics["epochs"] == 2
     assert all(torch.isfinite(p).all() for p in checkpoint.model.parameters())
 
 
@@ -196,5 +196,5 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_text, tmp_pa
     err = capsys.readouterr().err
     assert "No space left on device" in err and "unchanged" in err
     checkpoint = load_checkpoint(out)  # the epoch-1 checkpoint, whole
-    assert checkpoint.meta["training_state"]["progress"]["epoch"] == 1
+    assert checkpoint.meta.training_state["progress"]["epoch"] == 1
     assert not list(out.glob(".tmp-*"))

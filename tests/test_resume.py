@@ -78,7 +78,7 @@ def test_sigterm_mid_epoch_saves_and_resume_continues_the_same_trajectory(
         process.kill()
     assert process.returncode == 143, stderr
     assert "stopped by SIGTERM" in stderr and f"grulm train --resume {run_dir}" in stderr
-    saved = load_checkpoint(run_dir).meta["training_state"]["progress"]
+    saved = load_checkpoint(run_dir).meta.training_state["progress"]
     stop_epoch = saved["epoch"] + 1  # the epoch it was in
     assert saved["step"] > 0
 

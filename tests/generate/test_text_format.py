@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 
+from grulm.checkpoint import CheckpointMeta, DataInfo
 from grulm.data.vocab import Vocab
 from grulm.errors import ConfigError
 from grulm.generate import TextFormat, generate, predict, stream
@@ -107,6 +108,8 @@ def test_raw_word_tokens_round_trip_and_join_with_nothing():
 
 
 def test_text_format_from_checkpoint_meta():
-    assert TextFormat.from_meta({"data": {"cleaning": "d2l", "token": "word"}}).joiner == " "
-    assert TextFormat.from_meta({"cleaning": "raw", "token": "word"}).joiner == ""
-    assert TextFormat.from_meta({}) == TextFormat("char", "raw")
+    words = TextFormat.from_meta(CheckpointMeta(data=DataInfo(cleaning="d2l", token="word")))
+    assert words == TextFormat("word", "d2l") and words.joiner == " "
+    raw_words = TextFormat.from_meta(CheckpointMeta(data=DataInfo(token="word")))
+    assert raw_words == TextFormat("word", "raw") and raw_words.joiner == ""
+    assert TextFormat.from_meta(CheckpointMeta()) == TextFormat("char", "raw")

@@ -68,8 +68,8 @@ def test_hooks_see_the_run_and_may_stop_it(small_corpus, tmp_path):
     assert result.stop_reason == "asked" and result.best == tmp_path / "run" / "best"
     assert result.metrics == tmp_path / "run" / "metrics.jsonl" and result.plot.is_file()
     saved = load_checkpoint(tmp_path / "run")
-    assert saved.meta["training_state"]["progress"]["epoch"] == 2
-    assert saved.meta["run"]["tensorboard"] is False
+    assert saved.meta.training_state["progress"]["epoch"] == 2
+    assert saved.meta.run["tensorboard"] is False
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from grulm import memory
-from grulm.checkpoint import load_checkpoint
+from grulm.checkpoint import DataInfo, load_checkpoint
 from grulm.data.batches import eval_batches
 from grulm.data.corpus import load_corpus
 from grulm.data.sources import resolve_source
@@ -55,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint, map_location=device)
-    data = checkpoint.meta.get("data") or {}
+    data = checkpoint.meta.data or DataInfo()
     if args.data is None:
         ids, what = _training_split(checkpoint, data, args.split or "val")
     else:
         ids, what = _other_text(checkpoint, data, args.data, args.split or "all")
     _check_memory(checkpoint.model.config, ids, args.batch_size, args.num_steps, device)
     result = evaluate(checkpoint.model, ids, args.batch_size, args.num_steps)
-    unit = data.get("token", "char")
+    unit = data.token
     if args.json:
         print(json.dumps({"checkpoint": str(checkpoint.directory), "data": what,
                           **result.to_dict()}))
@@ -73,39 +73,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _training_split(checkpoint, data: dict, split: str):
+def _training_split(checkpoint, data: DataInfo, split: str):
     """The split of the training corpus, cut exactly as `grulm train` cut it."""
-    if "source" not in data:
+    if data.source is None:
         raise DataError(f"{checkpoint.directory} does not say what data it was trained on; "
                         "pass --data")
-    corpus = load_corpus(data["source"], cleaning=data["cleaning"], token=data["token"],
-                         min_freq=data.get("min_freq", 0))
-    if corpus.sha256 != data.get("sha256"):
-        print(f"grulm eval: warning: {data['source']} is not the file the model was trained "
+    corpus = load_corpus(data.source, cleaning=data.cleaning, token=data.token,
+                         min_freq=data.min_freq)
+    if corpus.sha256 != data.sha256:
+        print(f"grulm eval: warning: {data.source} is not the file the model was trained "
               "on (its SHA-256 differs)", file=sys.stderr)
     if corpus.vocab.idx_to_token != checkpoint.vocab.idx_to_token:
-        raise DataError(f"{data['source']} now gives a different vocabulary than the "
+        raise DataError(f"{data.source} now gives a different vocabulary than the "
                         "checkpoint's; evaluate it with --data and --split all")
     if split == "all":
-        return corpus.ids, f"{data['source']} (all)"
-    splits = training_splits(corpus.ids, data.get("max_tokens", 0), data.get("split_fractions"))
+        return corpus.ids, f"{data.source} (all)"
+    splits = training_splits(corpus.ids, data.max_tokens or 0, data.split_fractions)
     start, stop = splits.ranges.get(split, (0, 0))
-    return splits.get(split), f"{data['source']} {split} split (tokens {start:,}–{stop:,})"
+    return splits.get(split), f"{data.source} {split} split (tokens {start:,}–{stop:,})"
 
 
-def _other_text(checkpoint, data: dict, source: str, split: str):
+def _other_text(checkpoint, data: DataInfo, source: str, split: str):
     """Another text, cleaned and tokenized as the training data, ids from the checkpoint."""
     if split != "all":
         raise ConfigError("with --data the whole text is evaluated; drop --split or use "
                           "--split all")
     path = resolve_source(source).path
-    raw = data.get("cleaning", "raw") != "d2l"
+    raw = data.cleaning != "d2l"
     try:  # d2l cleaning keeps ASCII letters only, so any other byte may be replaced
         text = path.read_bytes().decode("utf-8", errors="strict" if raw else "replace")
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 (byte offset {error.start}); the model was "
                         "trained on raw UTF-8 text") from None
-    tokens = text_to_tokens(text, data.get("cleaning", "raw"), data.get("token", "char"))
+    tokens = text_to_tokens(text, data.cleaning, data.token)
     ids = torch.tensor(checkpoint.vocab[tokens], dtype=torch.int64)
     unknown = int((ids == 0).sum())
     if unknown:

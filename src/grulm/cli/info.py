@@ -24,28 +24,31 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load_checkpoint(args.checkpoint)  # validated: the fields below have their types
     model, vocab, meta = checkpoint.model, checkpoint.vocab, checkpoint.meta
     if args.json:
-        described = {"model_config": model.config.to_dict(), "vocab_size": len(vocab), **meta}
+        described = {"model_config": model.config.to_dict(), "vocab_size": len(vocab),
+                     **meta.to_json()}
         print(json.dumps(described, indent=2))
         return 0
     config = model.config
     num_parameters = sum(p.numel() for p in model.parameters())
+    version = "unknown" if meta.grulm_version is None else meta.grulm_version
+    created = "an unknown date" if meta.created is None else meta.created
     tokens = " ".join(_short(repr(t)) for t in vocab.idx_to_token[:12])
     more = f" … (+{len(vocab) - 12})" if len(vocab) > 12 else ""
     lines = [
         f"checkpoint   {checkpoint.directory}",
-        f"format       v{meta['format_version']}, written by grulm "
-        f"{_short(meta.get('grulm_version', 'unknown'))} on "
-        f"{_short(meta.get('created', 'an unknown date'))}",
+        f"format       v{meta.format_version}, written by grulm "
+        f"{_short(version)} on {_short(created)}",
         f"model        {config.num_layers}×{config.hidden_size} {config.variant} GRU, "
         f"{config.input_kind} input, dropout {config.dropout}, init {config.init}, "
         f"backend {config.backend}; {num_parameters:,} parameters",
         f"vocab        {len(vocab)} tokens: {tokens}{more}",
     ]
-    for label, name in (("data", "data"), ("training", "train")):
-        if meta.get(name):
+    data = meta.data.to_json() if meta.data is not None else None
+    for label, fields in (("data", data), ("training", meta.train)):
+        if fields:
             lines.append(f"{label:<13}" + ", ".join(f"{_short(k)} {_short(v)}"
-                                                    for k, v in meta[name].items()))
-    metrics = {k: v for k, v in meta.get("metrics", {}).items() if not isinstance(v, list)}
+                                                    for k, v in fields.items()))
+    metrics = {k: v for k, v in meta.metrics.items() if not isinstance(v, list)}
     if metrics:
         lines.append("metrics      " + ", ".join(f"{_short(k)} {_short(v)}"
                                                   for k, v in metrics.items()))

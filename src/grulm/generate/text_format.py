@@ -10,9 +10,13 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from grulm.data.text import check_text_options, text_to_tokens
 from grulm.errors import ConfigError
+
+if TYPE_CHECKING:
+    from grulm.checkpoint import CheckpointMeta
 
 
 class GenerationWarning(UserWarning):
@@ -56,17 +60,11 @@ class TextFormat:
         check_text_options(self.cleaning, self.token)
 
     @classmethod
-    def from_meta(cls, meta: dict) -> TextFormat:
-        """The format a checkpoint's metadata describes.
-
-        Reads ``token`` and ``cleaning`` from ``meta["data"]`` (where ``grulm train`` writes
-        them) or from ``meta`` itself; absent ones default to ``char`` and ``raw``.
-        """
-        data = meta.get("data") or {}
-        return cls(
-            token=data.get("token", meta.get("token", "char")),
-            cleaning=data.get("cleaning", meta.get("cleaning", "raw")),
-        )
+    def from_meta(cls, meta: CheckpointMeta) -> TextFormat:
+        """The format a checkpoint's metadata describes: its data's ``token`` and ``cleaning``
+        (``char`` and ``raw`` when it does not say)."""
+        data = meta.data
+        return cls() if data is None else cls(token=data.token, cleaning=data.cleaning)
 
     @property
     def joiner(self) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grulm.checkpoint import save_checkpoint
+from grulm.checkpoint import CheckpointMeta, save_checkpoint
 from grulm.metrics_log import AuxiliaryFileWarning, MetricsLog
 from grulm.plot import save_perplexity_plot
 from grulm.run.directory import BEST_DIR, METRICS_FILE, PLOT_FILE, TENSORBOARD_DIR
@@ -48,7 +49,7 @@ class RunWriter(Hooks):
             run settings, preset).
     """
 
-    def __init__(self, run: RunContext, base_meta: dict[str, Any]) -> None:
+    def __init__(self, run: RunContext, base_meta: CheckpointMeta) -> None:
         self.run, self.base_meta = run, base_meta
         self.output = run.spec.output
         resume_step = run.progress.step if run.resumed else None
@@ -113,16 +114,15 @@ class RunWriter(Hooks):
         run = self.run
         check_finite(run.model, progress)  # never overwrite a good checkpoint with NaNs
         state, tensors = training_state(run.model, run.optimizer, run.schedule, progress)
-        save_checkpoint(run.out, run.model, run.corpus.vocab,
-                        {**self.base_meta, "metrics": self.metrics(progress),
-                         "training_state": state}, tensors)
+        meta = replace(self.base_meta, metrics=self.metrics(progress), training_state=state)
+        save_checkpoint(run.out, run.model, run.corpus.vocab, meta, tensors)
         self.plot_path = self.plot(progress) or self.plot_path
 
     def save_best(self, progress: Progress) -> None:
         """The model as it is now in ``best/`` (no training state)."""
         check_finite(self.run.model, progress)
         save_checkpoint(self.run.out / BEST_DIR, self.run.model, self.run.corpus.vocab,
-                        {**self.base_meta, "metrics": self.metrics(progress)})
+                        replace(self.base_meta, metrics=self.metrics(progress)))
 
     def plot(self, progress: Progress) -> Path | None:
         """Train and validation perplexity per epoch; a failure warns once and returns None."""

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from grulm.checkpoint import METADATA_FILE, Checkpoint
+from grulm.checkpoint import METADATA_FILE, Checkpoint, DataInfo
 from grulm.data.vocab import Vocab
 from grulm.errors import CheckpointError, ConfigError
 from grulm.model import GRULM, GRUConfig
@@ -37,7 +37,8 @@ from grulm.train import BUDGET_FIELDS, Progress, TrainConfig
 def training_state(
     model: GRULM, optimizer: torch.optim.Optimizer, schedule: Schedule, progress: Progress
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The JSON (``meta["training_state"]``) and the tensors that resume a run."""
+    """The JSON (:attr:`~grulm.checkpoint.CheckpointMeta.training_state`) and the tensors that
+    resume a run."""
     optim_tensors, optim_json = optimizer_state(optimizer)
     tensors = {f"optim.{k}": v for k, v in optim_tensors.items()}
     tensors["torch_rng"] = torch.get_rng_state()
@@ -63,7 +64,7 @@ def restore_training_state(
         CheckpointError: the checkpoint has no training state (e.g. a ``best/`` copy) or
             it does not fit.
     """
-    state = checkpoint.meta.get("training_state")
+    state = checkpoint.meta.training_state
     if state is None:
         raise CheckpointError(
             f"{checkpoint.directory} holds a model but no training state to resume from; "
@@ -120,7 +121,8 @@ def spec_from_checkpoint(checkpoint: Checkpoint) -> RunSpec:
         CheckpointError: a field the settings come from is missing or damaged.
     """
     meta = checkpoint.meta
-    data, train, run = meta.get("data"), meta.get("train"), meta.get("run", {})
+    data = None if meta.data is None else meta.data.to_json()
+    train, run = meta.train, {} if meta.run is None else meta.run
     damaged = [name for name, value, ok in (
         ("data", data, lambda d: isinstance(d.get("source"), str)),
         ("train", train, lambda t: set(t) <= {f.name for f in fields(TrainConfig)}),
@@ -139,25 +141,26 @@ def spec_from_checkpoint(checkpoint: Checkpoint) -> RunSpec:
                    if k != "vocab_size"},
                 **train, **run}
     try:
-        return RunSpec._build(settings, preset=str(meta.get("preset") or "d2l"))
+        return RunSpec._build(settings, preset=meta.preset or "d2l")
     except ConfigError as error:
         raise CheckpointError(f"{checkpoint.directory / METADATA_FILE}: {error}") from None
 
 
 def refuse_differences(checkpoint: Checkpoint, spec: RunSpec, model_config: GRUConfig,
-                       vocab: Vocab, data_meta: Mapping[str, Any]) -> None:  # fmt: skip
+                       vocab: Vocab, data: DataInfo) -> None:  # fmt: skip
     """Refuse to resume ``checkpoint`` with another model, vocabulary, data or training
     settings than it was saved with (only budgets may change).
 
     Raises:
         ConfigError: listing every difference.
     """
+    saved = checkpoint.meta
     problems = [
         *differences("model", checkpoint.model.config.to_dict(), model_config.to_dict(),
                      ignore=("backend",)),
         *vocab_differences(checkpoint.vocab, vocab),
-        *differences("data", checkpoint.meta["data"], data_meta),
-        *differences("train", checkpoint.meta["train"], spec.train.to_dict(),
+        *differences("data", (saved.data or DataInfo()).to_json(), data.to_json()),
+        *differences("train", saved.train or {}, spec.train.to_dict(),
                      ignore=BUDGET_FIELDS),
     ]
     if problems:

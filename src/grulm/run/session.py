@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from grulm.checkpoint import Checkpoint, load_checkpoint
+from grulm.checkpoint import Checkpoint, CheckpointMeta, DataInfo, load_checkpoint
 from grulm.compute import check_step_fits_time
 from grulm.data.batches import check_batchable, epoch_batches
 from grulm.data.corpus import Corpus, load_corpus
@@ -182,8 +182,9 @@ def _train(spec: RunSpec, directory, checkpoint: Checkpoint | None, device: torc
     fractions = None if data.split_fractions is None else list(data.split_fractions)
     splits = training_splits(corpus.ids, data.max_tokens, fractions)
     _check_splits(splits, config.batch_size, config.num_steps, config.partition)
-    data_meta = {**corpus.describe(), "max_tokens": data.max_tokens, "split_fractions": fractions,
-                 "ranges": {k: list(v) for k, v in splits.ranges.items()}}
+    data_info = DataInfo(**corpus.describe(), max_tokens=data.max_tokens,
+                         split_fractions=fractions,
+                         ranges={k: list(v) for k, v in splits.ranges.items()})
     model_config = spec.model.config(vocab_size=len(corpus.vocab))
     batch, steps = config.batch_size, config.num_steps
     check_fits(training_bytes(model_config, batch, steps, config.optimizer),
@@ -197,7 +198,7 @@ def _train(spec: RunSpec, directory, checkpoint: Checkpoint | None, device: torc
     optimizer = build_optimizer(model, config)
     schedule = Schedule(config.schedule_config(), config.lr)
     if checkpoint is not None:
-        refuse_differences(checkpoint, spec, model_config, corpus.vocab, data_meta)
+        refuse_differences(checkpoint, spec, model_config, corpus.vocab, data_info)
         model.load_state_dict(checkpoint.model.state_dict())
         progress = restore_training_state(checkpoint, optimizer, schedule, device)
         check_budget_left(progress, config)
@@ -218,9 +219,8 @@ def _train(spec: RunSpec, directory, checkpoint: Checkpoint | None, device: torc
         directory.clear_previous_run()  # only now, when every check above has passed
     directory.sweep()
     output = {**spec.to_dict()["output"], "sample_prefixes": list(prefixes)}
-    base_meta = {"data": data_meta, "train": config.to_dict(), "run": output,
-                 "preset": spec.preset}
-    writer = RunWriter(run, base_meta)
+    writer = RunWriter(run, CheckpointMeta(data=data_info, train=config.to_dict(), run=output,
+                                           preset=spec.preset))
     try:
         for hook in hooks:
             hook.on_start(run)
