@@ -1,15 +1,16 @@
-"""Single-step decoding (grulm.generate.decoders): the lean step decoder equals the model's
-forward, and the one-pass warm-up gives the seed's per-character state."""
+"""Single-step decoding (grulm.generate.decoders): the step decoder equals the model's forward
+through every backend that decodes, and the one-pass warm-up gives the seed's per-character
+state. (Without a compiler, generation falls back to the reference step: tested with the build,
+in tests/backends/test_backends_build.py.)"""
 
 import pytest
 import torch
 
-from grulm import step_kernel, textbook
-from grulm.errors import ConfigError
-from grulm.generate import GRUStepDecoder, ModelStepDecoder, generate, predict, warm_up
+from grulm import backends, textbook
+from grulm.generate import GRUStepDecoder, ModelStepDecoder, warm_up
 from grulm.model import GRULM, GRUConfig
 
-from .mocks import abc_vocab
+DECODERS = [name for name, backend in backends.BACKENDS.items() if backend.decode_step]
 
 
 @pytest.mark.parametrize(
@@ -26,20 +27,20 @@ from .mocks import abc_vocab
         {"variant": "reset_after", "input_kind": "embedding", "num_layers": 3},
     ],
 )
-@pytest.mark.parametrize("impl", ["c", "numpy", "torch"])
+@pytest.mark.parametrize("backend", DECODERS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_step_decoder_equals_the_model_forward(config, impl, dtype):
-    if impl == "c" and step_kernel.unavailable():
-        pytest.skip(step_kernel.unavailable())
+def test_step_decoder_equals_the_model_forward(config, backend, dtype):
+    if reason := backends.BACKENDS[backend].unsupported(config["variant"], "cpu"):
+        pytest.skip(reason)
     torch.manual_seed(0)
     model = GRULM(GRUConfig(vocab_size=7, hidden_size=6, init="torch", **config)).to(dtype).eval()
     with torch.no_grad():  # random biases everywhere, so every folded bias is exercised
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     state = torch.randn(model.config.num_layers, 3, 6, dtype=dtype)
-    fast = GRUStepDecoder(model, state, impl=impl)
+    fast = GRUStepDecoder(model, state, backend=backend)
     reference = ModelStepDecoder(model, state)
-    assert fast.impl == impl
+    assert fast.backend.name == backend
     tolerance = {"rtol": 0, "atol": 1e-12 if dtype == torch.float64 else 1e-5}
 
     def step_both(tokens):
@@ -57,32 +58,16 @@ def test_step_decoder_equals_the_model_forward(config, impl, dtype):
     assert torch.as_tensor(chosen).tolist() == expected.tolist()
 
 
-def test_without_a_c_compiler_generation_falls_back_to_the_array_step(monkeypatch, tmp_path):
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    monkeypatch.setenv("GRULM_CACHE", str(tmp_path))
-    step_kernel._load.cache_clear()
-    try:
-        assert "no C compiler" in step_kernel.unavailable()
-        model = GRULM(GRUConfig(vocab_size=4, hidden_size=5, backend="reference")).eval()
-        decoder, _ = warm_up(model, [1, 2])
-        assert isinstance(decoder, GRUStepDecoder) and decoder.impl == "numpy"
-        with pytest.raises(ConfigError, match="no C compiler"):
-            GRUStepDecoder(model, model.begin_state(1), impl="c")
-        fallback = predict(model, abc_vocab(), "ab", 5)
-        assert fallback == generate(model, abc_vocab(), "ab", max_new=5, fast=False)[0]
-    finally:
-        step_kernel._load.cache_clear()
-
-
 @pytest.mark.parametrize("fast", [True, False], ids=["kernel-or-forward", "forward"])
 def test_one_pass_warm_up_gives_the_seeds_per_character_state(trained, fast):
-    """Both one-pass warm-ups: one call into the C step (where it builds), ``model.forward``."""
+    """Both one-pass warm-ups: one call of the backend's decoding step (the compiled one where it
+    builds), ``model.forward``."""
     model, vocab = trained
     prefix = "time traveller said the time machine"
     ids = vocab[list(prefix)]
     decoder, logits = warm_up(model, ids, fast=fast)
-    if fast and not step_kernel.unavailable():
-        assert decoder.impl == "c"
+    if fast and backends.BACKENDS["cpu"].unavailable() is None:
+        assert decoder.backend.name == "cpu"
 
     net = textbook.gru_model(len(vocab), 64)
     net.params = textbook.from_grulm(model)
