@@ -51,8 +51,8 @@ INFERENCE_PER_LAYER = 9
 # Floats per token, per vocabulary entry: training keeps the logits' log-softmax (or the cpu
 # backend's probabilities) for backward, backward makes two gradients of that size, and the
 # logits and a temporary of the loss live beside them for a moment (a process's resident
-# memory was seen to grow by 6.7 such copies for V = 2000).
-TRAINING_HEAD = 7
+# memory grows by five to seven such copies for a large vocabulary).
+TRAINING_HEAD = 5
 INFERENCE_HEAD = 2  # the logits and their log-softmax
 # Bytes per generated token while the whole text is kept (grulm generate without --stream):
 # the int64 ids, their Python list, the list of pieces and the joined text, with slack.
@@ -147,7 +147,7 @@ def generation_bytes(
     """Estimated peak bytes of generating ``max_new`` tokens for ``batch_size`` sequences.
 
     ``batch_size`` is the number of sequences decoded together: the samples, or the beam
-    width for beam search. The model and the step decoder's copy of its weights (2·P); per
+    width for beam search. The model's weights (P; the step decoder reads them in place); per
     sequence the states and a step's gate inputs (L·8H) and :data:`DECODING_HEAD`·V for the
     logits and their filtered, noisy or float64 copies; and, unless the text is streamed
     (``keep_text=False``), :data:`BYTES_PER_GENERATED_TOKEN` per generated token; then
@@ -159,8 +159,7 @@ def generation_bytes(
     _check_sizes(batch_size, 1)
     H, L, V = config.hidden_size, config.num_layers, config.vocab_size
     floats = (
-        2 * parameter_count(config)
-        + 3 * H * config.input_size
+        parameter_count(config)
         + batch_size * (8 * L * H + DECODING_HEAD * V)
     )
     text = BYTES_PER_GENERATED_TOKEN * batch_size * max_new if keep_text else 0

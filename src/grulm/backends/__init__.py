@@ -49,7 +49,7 @@ class Backend:
             or None.
         clip_sgd: a fused ``(params, grads, lrs, max_norm) -> norm`` (gradient clipping then
             a plain SGD step, see :func:`grulm.backends.cpu.clip_sgd_`) that
-            :func:`grulm.optim.clip_and_step` uses for this backend's models, or None.
+            :func:`grulm.train.build_step` picks once for this backend's models, or None.
         decode_step: single-step decoding, ``(params, x_ids (N,) or (N, T), h (L, N, H)) ->
             (logits (N, V), h)`` (see :func:`grulm.backends.reference.decode_step`), or None.
         decode_greedy: a whole greedy run, ``(params, x_ids (N,), h, steps) -> (tokens

@@ -24,7 +24,7 @@ The same extension has the output head and the loss fused (``csrc/head_loss.cpp`
 :func:`head_loss`, used by :meth:`grulm.model.GRULM.loss`): logits, softmax, mean
 cross-entropy and their gradients without ATen's three awkwardly shaped products; gradient
 clipping fused with a plain SGD step (``csrc/clip_sgd.cpp``, :func:`clip_sgd_`, which
-:func:`grulm.optim.clip_and_step` takes for this backend's models); and single-step decoding
+:func:`grulm.train.build_step` picks once for this backend's models); and single-step decoding
 for generation (``csrc/decode_step.cpp``, :func:`decode_step`, :func:`decode_greedy`): a
 step, a whole prefix or a whole greedy run in one call, from tensors derived once from the
 model's parameters.

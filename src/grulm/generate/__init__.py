@@ -5,14 +5,14 @@ Every function here is pure: no printing, no files, and randomness only through 
 
 1. **Warm-up.** The prefix is tokenised, mapped to ids (tokens outside the vocabulary become
    ``<unk>`` with one :class:`OutOfVocabularyWarning` naming them) and run through the model in
-   ONE pass from the zero state: one ``forward`` call over the whole prefix, or one call into
-   the C step kernel (:func:`warm_up`). The final state equals the seed's (d2l
-   ``predict_ch8``) one-token-at-a-time warm-up, and the logits at the last position are the
-   seed's first prediction.
+   ONE pass from the zero state: one ``forward`` call over the whole prefix, or one call of the
+   backend's single-step decoder over all of it (:func:`warm_up`). The final state equals the
+   seed's (d2l ``predict_ch8``) one-token-at-a-time warm-up, and the logits at the last
+   position are the seed's first prediction.
 2. **Decoding.** One token per step. For a :class:`~grulm.model.GRULM` a lean single-step
-   decoder (:class:`GRUStepDecoder`) computes the step from the model's own parameters with the
-   input projection precomputed as a (V, 3H) table and the biases folded in — on a CPU as one
-   call into a small C kernel, or NumPy where no C compiler is available; any other module
+   decoder (:class:`GRUStepDecoder`) computes the step from the model's own parameters through
+   its backend's ``decode_step`` (the compiled one of the ``cpu`` backend, or the readable
+   torch step of ``reference`` where nothing can be compiled); any other module
    with the GRULM call signature ``model(inputs (B, T), state (L, B, H) | None) -> (logits
    (B, T, V), state)`` is stepped through its ``forward`` (:class:`ModelStepDecoder`).
    Sampling uses the Gumbel-max trick with noise drawn from the ``torch.Generator`` in blocks
