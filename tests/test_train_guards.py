@@ -181,8 +181,8 @@ def test_a_full_disk_at_any_fill_level_ends_cleanly_and_resume_works_once_freed(
                                   "--overwrite", "--out", out)
                 assert again.returncode == 0, context + again.stderr
             subprocess.run(["rm", "-rf", str(out)], check=True)
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
+    finally:  # lazily: a file still open there must not leave the mount behind
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
 
 
 def test_an_edited_checkpoint_without_its_data_field_is_refused_on_resume(

@@ -51,8 +51,8 @@ INFERENCE_PER_LAYER = 9
 # Floats per token, per vocabulary entry: training keeps the logits' log-softmax (or the cpu
 # backend's probabilities) for backward, backward makes two gradients of that size, and the
 # logits and a temporary of the loss live beside them for a moment (a process's resident
-# memory grows by five to seven such copies for a large vocabulary).
-TRAINING_HEAD = 5
+# memory grows by up to seven such copies for a large vocabulary).
+TRAINING_HEAD = 7
 INFERENCE_HEAD = 2  # the logits and their log-softmax
 # Bytes per generated token while the whole text is kept (grulm generate without --stream):
 # the int64 ids, their Python list, the list of pieces and the joined text, with slack.
