@@ -9,9 +9,9 @@ The estimates count float32 tensors (what grulm trains and evaluates in) and are
 they follow what the backends allocate (see :func:`training_bytes`), take the largest of the
 backends where they differ, and add :data:`MARGIN` for what they do not model (allocator
 slack, small temporaries). They err high by a modest margin: ``tests/test_memory.py`` checks
-them against the tensors a real step keeps and against the resident size a real process grows
-by. One known excess they leave out: the reference backend makes a few small tensors per time
-step, and glibc's heap can then hold up to about twice the live bytes (measured, 3×512 GRU).
+them against the tensors a real step keeps. What they cannot bound is the allocator's share
+of a process's resident size, which varies from run to run: glibc's heap can hold up to about
+twice the live bytes when a backend makes many small tensors per time step.
 """
 
 from __future__ import annotations
