@@ -75,16 +75,22 @@ def test_a_second_train_into_a_run_is_refused_and_the_first_stays_byte_identical
     assert _leftovers(out) == []
 
 
+def _train_until_checkpointed(data: Path, out: Path, every_steps: int) -> subprocess.Popen:
+    """A long `grulm train` in its own process, returned once it has saved a checkpoint."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "grulm.cli", "train", *TINY, "--data", str(data),
+         "--epochs", "100000", "--checkpoint-every-steps", str(every_steps), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "checkpoint.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return process
+
+
 def test_a_second_writer_fails_at_once_naming_the_first(small_text, tmp_path, run_grulm):
     out = tmp_path / "run"
-    first = subprocess.Popen(
-        [sys.executable, "-m", "grulm.cli", "train", *TINY, "--data", str(small_text),
-         "--epochs", "100000", "--checkpoint-every-steps", "5", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = _train_until_checkpointed(small_text, out, every_steps=5)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / "checkpoint.json").is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
         second = run_grulm("train", *TINY, "--data", small_text, "--epochs", "1",
                            "--overwrite", "--out", out)
         assert second.returncode == 2
@@ -104,14 +110,8 @@ def test_kill_9_leaves_a_loadable_checkpoint_and_resume_sweeps_the_leftovers(
     small_text, tmp_path, run_grulm
 ):
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "grulm.cli", "train", *TINY, "--data", str(small_text),
-         "--epochs", "100000", "--checkpoint-every-steps", "3", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _train_until_checkpointed(small_text, out, every_steps=3)
     try:
-        deadline = time.monotonic() + 60
-        while not (out / "checkpoint.json").is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
         time.sleep(0.5)
     finally:
         process.send_signal(signal.SIGKILL)

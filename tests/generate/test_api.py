@@ -245,22 +245,9 @@ def test_trained_model_sampling_streams_like_generate(trained):
     model, vocab = trained
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        whole = generate(
-            model,
-            vocab,
-            "the ",
-            max_new=80,
-            strategy="sample",
-            top_p=0.9,
-            generator=torch.Generator().manual_seed(1),
-        )[0]
-        pieces = stream(
-            model,
-            vocab,
-            "the ",
-            max_new=80,
-            strategy="sample",
-            top_p=0.9,
-            generator=torch.Generator().manual_seed(1),
-        )
+        options = {"max_new": 80, "strategy": "sample", "top_p": 0.9}
+        whole = generate(model, vocab, "the ", generator=torch.Generator().manual_seed(1),
+                         **options)[0]
+        pieces = stream(model, vocab, "the ", generator=torch.Generator().manual_seed(1),
+                        **options)
         assert "the " + "".join(pieces) == whole

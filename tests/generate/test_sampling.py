@@ -31,6 +31,15 @@ def _chi_square(counts, probs, n):
 CHI2_999 = {2: 13.816, 3: 16.266, 4: 18.467}
 
 
+def _next_token_counts(logits, n, seed, **options):
+    """How often each of the five ids follows "a" in ``n`` one-token samples."""
+    vocab = abc_vocab(4)
+    texts = generate(FixedLogits(logits), vocab, "a", max_new=1, strategy="sample",
+                     num_samples=n, generator=torch.Generator().manual_seed(seed), **options)
+    # Token 0 is <unk>: "a<unk>"[1:] is "<unk>", which maps back to 0.
+    return torch.tensor([vocab[t[1:]] for t in texts]).bincount(minlength=5).double()
+
+
 @pytest.mark.parametrize(
     ("unk_logit", "allow_unk"), [(0.0, True), (3.0, None)], ids=["unk-allowed", "default"]
 )
@@ -38,20 +47,8 @@ def test_sampled_frequencies_match_the_softmax(unk_logit, allow_unk):
     """Over every token with ``allow_unk=True``; by default over every token but <unk>, here
     the most likely one."""
     logits = torch.tensor([unk_logit, 2.0, 1.0, 0.5, -1.0], dtype=torch.float64)
-    vocab = abc_vocab(4)
     n = 20_000
-    texts = generate(
-        FixedLogits(logits),
-        vocab,
-        "a",
-        max_new=1,
-        strategy="sample",
-        num_samples=n,
-        generator=torch.Generator().manual_seed(123),
-        allow_unk=allow_unk,
-    )
-    counts = torch.tensor([vocab[t[1:]] for t in texts]).bincount(minlength=5).double()
-    # Token 0 is <unk>: "a<unk>"[1:] is "<unk>", which maps back to 0.
+    counts = _next_token_counts(logits, n, 123, allow_unk=allow_unk)
     if allow_unk:
         assert _chi_square(counts, logits.softmax(0), n) < CHI2_999[4]
     else:
@@ -61,20 +58,8 @@ def test_sampled_frequencies_match_the_softmax(unk_logit, allow_unk):
 
 def test_sampled_frequencies_with_temperature_and_top_k_match_the_renormalised_softmax():
     logits = torch.tensor([0.0, 2.0, 1.0, 0.5, -1.0], dtype=torch.float64)
-    vocab = abc_vocab(4)
     n = 20_000
-    texts = generate(
-        FixedLogits(logits),
-        vocab,
-        "a",
-        max_new=1,
-        strategy="sample",
-        temperature=0.7,
-        top_k=3,
-        num_samples=n,
-        generator=torch.Generator().manual_seed(5),
-    )
-    counts = torch.tensor([vocab[t[1:]] for t in texts]).bincount(minlength=5).double()
+    counts = _next_token_counts(logits, n, 5, temperature=0.7, top_k=3)
     kept = torch.tensor([1, 2, 3])
     assert counts[[0, 4]].sum() == 0
     probs = (logits[kept] / 0.7).softmax(0)

@@ -10,7 +10,7 @@ from grulm.cli import build_parser, main
 from grulm.errors import ConfigError, GrulmError
 from grulm.presets import PRESETS
 from grulm.run import RunSpec
-from grulm.run.spec import override_names
+from grulm.run.spec import RENAMED, override_names
 from grulm.train import TrainConfig
 
 
@@ -89,7 +89,7 @@ def test_help_shows_the_settings_a_flag_less_run_uses(monkeypatch):
     assert str(used["out"]) == "runs/seed"
     names = [n for n in override_names() if n != "tensorboard"]
     for name in names:
-        value = flat[{"input": "input_kind"}.get(name, name)]
+        value = flat[RENAMED.get(name, name)]
         expected = ("none" if value is None else ",".join(map(str, value))
                     if isinstance(value, tuple) else str(value))
         shown = re.search(r"\[([^\]]*)\]$", helps[f"--{name.replace('_', '-')}"])

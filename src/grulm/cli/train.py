@@ -24,7 +24,7 @@ from grulm.model import INITS, INPUT_KINDS, VARIANTS
 from grulm.optim import IMPLEMENTATIONS, OPTIMIZERS, SCHEDULES
 from grulm.presets import PRESETS
 from grulm.run import RunHook, RunSpec, resume, start
-from grulm.run.spec import override_names
+from grulm.run.spec import FLAG_NAMES, RENAMED, override_names
 from grulm.train import PARTITIONS
 
 # Memorisation: training perplexity near 1 with validation perplexity this many times higher.
@@ -102,7 +102,7 @@ def _add(parser, title: str, *flags: tuple[str, dict[str, Any]]):
     group = parser.add_argument_group(title)
     for flag, options in flags:
         name = flag[2:].replace("-", "_")
-        field = {"input": "input_kind"}.get(name, name)
+        field = RENAMED.get(name, name)
         shown = SEED[field]
         shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
         help_text = options.pop("help", "")
@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in options.items() if k in override_names()}
     if options.get("threads", 1) < 1:
         raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
-    torch.set_num_threads(options.get("threads", torch.get_num_threads()))
+    if "threads" in options:
+        torch.set_num_threads(args.threads)
     printer = _Printer(args.no_progress, started)
     common = {"device": args.device, "hooks": [printer], "progress": not args.no_progress}
     try:
@@ -143,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                            overwrite=args.overwrite, **common)
     except ConfigError as error:  # name a setting by its flag: --max-time, not max_time
         name, _, rest = str(error).partition(" ")
-        name = {"input_kind": "input"}.get(name, name)
+        name = FLAG_NAMES.get(name, name)
         raise ConfigError(f"--{name.replace('_', '-')} {rest}" if name in override_names()
                           else str(error)) from None
     finally:

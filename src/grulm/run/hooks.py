@@ -94,15 +94,13 @@ class RunWriter(Hooks):
     def metrics(self, progress: Progress) -> dict[str, Any]:
         """The checkpoint's ``metrics``: where the run is and how it went."""
         history = progress.history
-        tokens = sum(s.tokens for s in history) + progress.tokens
-        seconds = sum(s.seconds for s in history) + progress.epoch_seconds
         last = history[-1] if history else None
         return {
             "epochs": progress.epoch, "step": progress.step,
             "loss": last.loss if last else None,
             "perplexity": last.perplexity if last else None,
             "best_val_loss": finite(progress.best_val_loss), "best_epoch": progress.best_epoch,
-            "tokens_per_s": tokens / seconds if seconds else None,
+            "tokens_per_s": tokens_per_s(progress),
             "train_seconds": progress.seconds, "device": str(self.run.device),
             "backend": self.run.backend,
             "perplexity_history": [s.perplexity for s in history],
@@ -148,6 +146,13 @@ class RunWriter(Hooks):
 
     def close(self) -> None:
         self.log.close()
+
+
+def tokens_per_s(progress: Progress) -> float | None:
+    """Training throughput over every epoch so far, the unfinished one included."""
+    tokens = sum(s.tokens for s in progress.history) + progress.tokens
+    seconds = sum(s.seconds for s in progress.history) + progress.epoch_seconds
+    return tokens / seconds if seconds else None
 
 
 def exp(loss: float) -> float:

@@ -141,7 +141,7 @@ def spec_from_checkpoint(checkpoint: Checkpoint) -> RunSpec:
                    if k != "vocab_size"},
                 **train, **run}
     try:
-        return RunSpec._build(settings, preset=meta.preset or "d2l")
+        return RunSpec.from_settings(settings, preset=meta.preset or "d2l")
     except ConfigError as error:
         raise CheckpointError(f"{checkpoint.directory / METADATA_FILE}: {error}") from None
 

@@ -32,7 +32,7 @@ from grulm.memory import check_fits, describe, training_bytes
 from grulm.model import GRULM
 from grulm.optim import Schedule
 from grulm.run.directory import BEST_DIR, open_run_directory
-from grulm.run.hooks import RunHook, RunWriter, exp
+from grulm.run.hooks import RunHook, RunWriter, exp, finite, tokens_per_s
 from grulm.run.resume import (
     check_budget_left,
     refuse_differences,
@@ -239,12 +239,12 @@ def _finish(run: RunContext, writer: RunWriter) -> RunResult:
     progress, config, val_ids = run.progress, run.spec.train, run.splits.val
     last = progress.history[-1] if progress.history else None
     train_loss = progress.partial_loss() if progress.batch else (last and last.loss)
-    tokens_per_s = writer.metrics(progress)["tokens_per_s"]
+    throughput = tokens_per_s(progress)
     val, skipped = None, False
     if val_ids is not None and progress.stop_reason not in SIGNAL_STOPS:
         if progress.batch == 0 and last is not None and last.val_loss is not None:
             val = last.val_loss
-        elif evaluation_fits(config, progress.seconds, len(val_ids), tokens_per_s or 0.0):
+        elif evaluation_fits(config, progress.seconds, len(val_ids), throughput or 0.0):
             val = evaluate(run.model, val_ids, config.batch_size, config.num_steps).loss
             if val < progress.best_val_loss:
                 progress.best_val_loss, progress.best_epoch = val, progress.epoch
@@ -261,8 +261,8 @@ def _finish(run: RunContext, writer: RunWriter) -> RunResult:
     return RunResult(
         out=run.out, stop_reason=progress.stop_reason or "epochs", epochs=progress.epoch,
         step=progress.step, train_loss=train_loss, val_loss=val,
-        best_val_loss=writer.metrics(progress)["best_val_loss"], best_epoch=progress.best_epoch,
-        tokens_per_s=tokens_per_s, seconds=progress.seconds, validation_skipped=skipped,
+        best_val_loss=finite(progress.best_val_loss), best_epoch=progress.best_epoch,
+        tokens_per_s=throughput, seconds=progress.seconds, validation_skipped=skipped,
         best=best if best.is_dir() else None, plot=writer.plot_path,
         metrics=writer.log.path if writer.log.active else None,
     )

@@ -65,21 +65,26 @@ class DataSpec:
             object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
 
 
+_MODEL_DEFAULTS = {f.name: f.default for f in fields(GRUConfig)}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The architecture (:class:`grulm.model.GRUConfig` less the vocabulary size, which the
-    data decides)."""
+    data decides; the defaults are GRUConfig's)."""
 
-    hidden_size: int = 256
-    num_layers: int = 1
-    variant: str = "reset_before"
-    input_kind: str = "onehot"
-    embedding_size: int | None = None
-    dropout: float = 0.0
-    init: str = "d2l"
-    backend: str = "auto"
+    hidden_size: int = _MODEL_DEFAULTS["hidden_size"]
+    num_layers: int = _MODEL_DEFAULTS["num_layers"]
+    variant: str = _MODEL_DEFAULTS["variant"]
+    input_kind: str = _MODEL_DEFAULTS["input_kind"]
+    embedding_size: int | None = _MODEL_DEFAULTS["embedding_size"]
+    dropout: float = _MODEL_DEFAULTS["dropout"]
+    init: str = _MODEL_DEFAULTS["init"]
+    backend: str = _MODEL_DEFAULTS["backend"]
 
     def __post_init__(self) -> None:
+        # Refused here, not in GRUConfig: checkpoints written before this check may hold
+        # both, and must still load.
         if self.input_kind == "onehot" and self.embedding_size is not None:
             raise ConfigError("embedding_size sets the width of a learned embedding; one-hot "
                               "input has the vocabulary's width: drop --embedding-size or use "
@@ -124,6 +129,7 @@ class OutputSpec:
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainConfig, "output": OutputSpec}
 # Override names that differ from the field they set (the CLI's flag is --input).
 RENAMED = {"input": "input_kind"}
+FLAG_NAMES = {field: name for name, field in RENAMED.items()}
 
 
 @dataclass(frozen=True)
@@ -147,19 +153,17 @@ class RunSpec:
         """
         if name not in PRESETS:
             raise ConfigError(f"there is no preset {name!r}; presets: {', '.join(PRESETS)}")
-        unknown = sorted(set(overrides) - set(override_names()))
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid names: "
-                              f"{', '.join(override_names())}")
+        changes = _by_field(overrides)
         settings = PRESETS[name].settings()
-        if "data" in overrides and overrides["data"] != settings["data"]:
-            settings.update(corpus_defaults(overrides["data"]))
+        if "data" in changes and changes["data"] != settings["data"]:
+            settings.update(corpus_defaults(changes["data"]))
             settings.pop("sample_prefixes", None)
-        settings.update({RENAMED.get(k, k): v for k, v in overrides.items()})
-        return cls._build(settings, preset=name)
+        return cls.from_settings({**settings, **changes}, preset=name)
 
     @classmethod
-    def _build(cls, settings: dict[str, Any], preset: str) -> RunSpec:
+    def from_settings(cls, settings: dict[str, Any], preset: str) -> RunSpec:
+        """A spec from one flat mapping keyed by field name (what :meth:`flat` returns);
+        fields it lacks take their defaults."""
         sections = {}
         for section, kind in SECTIONS.items():
             values = {f.name: settings[f.name] for f in fields(kind) if f.name in settings}
@@ -171,13 +175,7 @@ class RunSpec:
 
     def replace(self, **overrides: Any) -> RunSpec:
         """This spec with some settings changed (override names, as for :meth:`from_preset`)."""
-        unknown = sorted(set(overrides) - set(override_names()))
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid names: "
-                              f"{', '.join(override_names())}")
-        settings = self.flat()
-        settings.update({RENAMED.get(k, k): v for k, v in overrides.items()})
-        return self._build(settings, preset=self.preset)
+        return self.from_settings({**self.flat(), **_by_field(overrides)}, preset=self.preset)
 
     def flat(self) -> dict[str, Any]:
         """Every setting in one mapping, keyed by field name."""
@@ -205,13 +203,22 @@ class RunSpec:
                 raise ConfigError(f"run spec section {section!r} must be an object with "
                                   f"fields from: {', '.join(sorted(names))}")
             settings.update(values)
-        return cls._build(settings, preset=str(data.get("preset", "d2l")))
+        return cls.from_settings(settings, preset=str(data.get("preset", "d2l")))
 
 
 def override_names() -> list[str]:
     """Every name :meth:`RunSpec.from_preset` accepts, sorted."""
-    inverse = {v: k for k, v in RENAMED.items()}
-    return sorted(inverse.get(f.name, f.name) for kind in SECTIONS.values() for f in fields(kind))
+    return sorted(FLAG_NAMES.get(f.name, f.name) for kind in SECTIONS.values()
+                  for f in fields(kind))
+
+
+def _by_field(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides keyed by the field they set; ``ConfigError`` for a name that sets none."""
+    unknown = sorted(set(overrides) - set(override_names()))
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid names: "
+                          f"{', '.join(override_names())}")
+    return {RENAMED.get(k, k): v for k, v in overrides.items()}
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
