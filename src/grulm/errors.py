@@ -6,7 +6,13 @@ traceback; anything else is a bug and keeps its traceback.
 
 
 class GrulmError(Exception):
-    """Bad input: the message says what was wrong and what to do."""
+    """Bad input: the message says what was wrong and what to do.
+
+    ``quiet`` marks a copy that another process prints (in a distributed run, every rank
+    raises a set-up error and rank 0 alone shows it).
+    """
+
+    quiet: bool = False
 
 
 class ConfigError(GrulmError, ValueError):

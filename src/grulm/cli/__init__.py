@@ -8,12 +8,16 @@ interrupted`` once the command is known) and exit status 130: this module import
 heavy, and :func:`main` imports the subcommands (and PyTorch) inside its handling, holding an
 interrupt until the imports are through (:func:`interrupts_held`). A warning, from grulm or a
 library, becomes one line ``grulm <command>: warning: …`` (:func:`warnings_as_lines`).
+
+Under ``torchrun`` rank 0 speaks for the run: the other ranks show no warnings, and an error
+that every rank raised alike (marked ``quiet`` on those ranks) is printed by rank 0 alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -86,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         prog = f"grulm {args.command}"
         with warnings_as_lines(prog):
+            if os.environ.get("RANK", "0") != "0":
+                warnings.simplefilter("ignore")  # rank 0 shows them
             return args.func(args)
     except GrulmError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        if not error.quiet:
+            print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -7,29 +7,26 @@ Flags become a :class:`grulm.run.RunSpec` (a preset's values, the flags given on
 from __future__ import annotations
 
 import argparse
-import math
-import signal
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from grulm import backends
+from grulm.cli.train_output import EXIT_ON_SIGNAL, Printer, SignalStop
 from grulm.data.text import CLEANINGS, TOKENS
+from grulm.distributed import DEFAULT_TIMEOUT_S, World
 from grulm.errors import ConfigError
 from grulm.model import INITS, INPUT_KINDS, VARIANTS
 from grulm.optim import IMPLEMENTATIONS, OPTIMIZERS, SCHEDULES
 from grulm.presets import PRESETS
-from grulm.run import RunHook, RunSpec, resume, start
+from grulm.run import RunSpec, resume, start
 from grulm.run.spec import FLAG_NAMES, RENAMED, override_names
 from grulm.train import PARTITIONS
 
-# Memorisation: training perplexity near 1 with validation perplexity this many times higher.
-MEMORISED_TRAIN_PPL, MEMORISED_RATIO = 1.5, 2.0
-EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 SEED = RunSpec.from_preset("d2l").flat()  # what a flag-less run uses, shown in --help
 
 
@@ -83,7 +80,11 @@ def add_parser(subparsers) -> None:
                            "and after the last"}))
     group = parser.add_argument_group("machine")
     group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto [auto]")
-    group.add_argument("--threads", type=int, help="CPU threads [one per core]")
+    group.add_argument("--threads", type=int, help="CPU threads [one per core; under "
+                       "torchrun, the cores ÷ the ranks on this machine]")
+    group.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                       metavar="SECONDS", help="under torchrun: how long to wait for the "
+                       "other ranks, at the start and in every exchange [%(default)g]")
     group = _add(parser, "output", *[(f"--{n}", {"type": int, "metavar": "N"}) for n in (
         "checkpoint-every-epochs", "checkpoint-every-steps", "log-every-steps",
         "sample-every")], ("--sample-prefixes", {"nargs": "+", "metavar": "TEXT"}))
@@ -124,10 +125,13 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in options.items() if k in override_names()}
     if options.get("threads", 1) < 1:
         raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
-    if "threads" in options:
-        torch.set_num_threads(args.threads)
-    printer = _Printer(args.no_progress, started)
-    common = {"device": args.device, "hooks": [printer], "progress": not args.no_progress}
+    world = World.from_environment(args.dist_timeout)
+    if "threads" in options or world.distributed:  # torchrun's default is one per rank
+        torch.set_num_threads(options.get("threads") or max(
+            1, len(os.sched_getaffinity(0)) // world.local_size))
+    printer = Printer(args.no_progress, started) if world.writes else SignalStop()
+    common = {"device": args.device, "hooks": [printer], "progress": not args.no_progress,
+              "world": world}
     try:
         if "resume" in options:
             clash = ("--preset" if "preset" in options else "--overwrite" if args.overwrite
@@ -145,105 +149,16 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:  # name a setting by its flag: --max-time, not max_time
         name, _, rest = str(error).partition(" ")
         name = FLAG_NAMES.get(name, name)
-        raise ConfigError(f"--{name.replace('_', '-')} {rest}" if name in override_names()
-                          else str(error)) from None
+        renamed = ConfigError(f"--{name.replace('_', '-')} {rest}" if name in override_names()
+                              else str(error))
+        renamed.quiet = error.quiet
+        raise renamed from None
     finally:
         printer.stop_listening()
     if result.stop_reason in EXIT_ON_SIGNAL:
-        print(f"grulm train: stopped by {result.stop_reason} at step {result.step}; checkpoint "
-              f"saved in {result.out}; continue with: grulm train --resume {result.out}",
-              file=sys.stderr)
+        if world.writes:
+            print(f"grulm train: stopped by {result.stop_reason} at step {result.step}; checkpoint "
+                  f"saved in {result.out}; continue with: grulm train --resume {result.out}",
+                  file=sys.stderr)
         return EXIT_ON_SIGNAL[result.stop_reason]
     return 0
-
-
-class _Printer(RunHook):
-    """The command's view of the run: a progress bar, samples, the final report."""
-
-    def __init__(self, quiet: bool, started: float) -> None:
-        self.quiet, self.started = quiet, started
-        self.signal: str | None = None
-        self.previous_handlers: dict[int, Any] = {}
-
-    def on_start(self, run) -> None:
-        self.run, spec, p = run, run.spec, run.progress
-        model, val = run.model.config, run.splits.val
-        print(f"grulm train: {spec.data.data} ({len(run.splits.train):,} training, "
-              f"{0 if val is None else len(val):,} validation {spec.data.token} tokens, vocab "
-              f"{model.vocab_size}), {model.num_layers}×{model.hidden_size} {model.variant} "
-              f"GRU, {model.input_kind} input, backend {run.backend}, {spec.train.optimizer} "
-              f"lr {spec.train.lr:g} {spec.train.schedule}, {run.device}"
-              + (f"; resuming at epoch {p.epoch + 1}, step {p.step}" if run.resumed else ""),
-              file=sys.stderr)
-        total = spec.train.epochs * run.steps_per_epoch
-        total = min(total, spec.train.max_steps or total)
-        self.bar = tqdm(total=total, initial=p.step, unit="step", file=sys.stderr,
-                        disable=self.quiet or not sys.stderr.isatty(), dynamic_ncols=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):  # from now on a signal saves, then stops
-            self.previous_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        """Stop after this step; a second signal acts as usual (SIGINT: KeyboardInterrupt,
-        SIGTERM: exit without saving)."""
-        name = signal.Signals(signum).name
-        self.signal = name
-        signal.signal(signum, self.previous_handlers[signum])
-        print(f"\ngrulm train: {name} received; saving a checkpoint after this step "
-              "(send it again to abort without saving)", file=sys.stderr, flush=True)
-
-    def stop_listening(self) -> None:
-        for sig, handler in self.previous_handlers.items():
-            signal.signal(sig, handler)
-        self.previous_handlers.clear()
-
-    def on_step(self, progress, stats) -> None:
-        self.bar.update(1)
-
-    def on_epoch(self, progress, stats) -> None:
-        val = "" if stats.val_loss is None else f", val ppl {stats.val_perplexity:.2f}"
-        self.bar.set_postfix_str(f"epoch {stats.epoch}, ppl {stats.perplexity:.2f}{val}")
-        every = self.run.spec.output.sample_every
-        if every and stats.epoch % every == 0:
-            self.bar.write(f"epoch {stats.epoch} (train ppl {stats.perplexity:.2f}{val}): "
-                           f"{self.run.sample(self.run.sample_prefixes[0])}", file=sys.stderr)
-
-    def should_stop(self) -> str | None:
-        return self.signal
-
-    def on_finish(self, run, result) -> None:
-        self.bar.close()
-        if result.stop_reason in EXIT_ON_SIGNAL:
-            return
-        config, unit = run.spec.train, "char" if run.spec.data.token == "char" else "word"
-        why = {"max_steps": "--max-steps {0.max_steps} reached",
-               "max_time": "--max-time {0.max_time:g} s used",
-               "early_stop": "no better validation for {0.early_stop} evaluations (early "
-                             "stopping)"}.get(result.stop_reason, "").format(config)
-        if why:
-            epoch = result.epochs + (run.progress.batch > 0)
-            print(f"grulm train: stopped in epoch {epoch}, step {result.step}: {why}",
-                  file=sys.stderr)
-        if result.validation_skipped:
-            print(f"grulm train: validation skipped: evaluating {len(run.splits.val):,} tokens "
-                  f"would take about {len(run.splits.val) / result.tokens_per_s:.0f} s, past "
-                  f"--max-time {config.max_time:g}; evaluate later with: grulm eval "
-                  f"{result.out}", file=sys.stderr)
-        train_ppl, val, val_ppl = result.train_perplexity, result.val_loss, result.val_perplexity
-        if val is not None:
-            best = math.exp(result.best_val_loss) if result.best_val_loss is not None else val_ppl
-            print(f"validation perplexity {val_ppl:.2f} ({val:.4f} nats/{unit}, "
-                  f"{val / math.log(2):.4f} bits/{unit}); training perplexity {train_ppl:.2f}; "
-                  f"best validation perplexity {best:.2f} (saved in {result.best})")
-            if train_ppl < MEMORISED_TRAIN_PPL and val_ppl > MEMORISED_RATIO * train_ppl:
-                print(f"memorisation: training perplexity {train_ppl:.2f} but validation "
-                      f"perplexity {val_ppl:.2f}: the model recites its {len(run.splits.train):,}"
-                      " training tokens and does not generalise to held-out text (train on more "
-                      "text, e.g. --max-tokens 0, or see --preset shakespeare)")
-        print(f"perplexity {train_ppl:.1f}, {result.tokens_per_s or math.nan:,.0f} tokens/s on "
-              f"{run.device}")
-        for prefix in run.sample_prefixes:
-            print(run.sample(prefix))
-        written = [("checkpoint", result.out), ("best", result.best), ("plot", result.plot),
-                   ("metrics", result.metrics)]
-        print("   ".join(f"{name}: {path}" for name, path in written if path is not None)
-              + f"   ({time.perf_counter() - self.started:.0f} s)", file=sys.stderr)

@@ -145,6 +145,28 @@ class RandomBatches(EpochBatches):
         return _int64(self._ids[positions]), _int64(self._ids[positions + 1])
 
 
+class RowShare(EpochBatches):
+    """Rows ``[start, stop)`` of every batch of ``batches``: one data-parallel rank's share.
+
+    With the sequential partition each row is its own stream, so a rank that always takes
+    the same rows carries the hidden state of exactly those streams.
+    """
+
+    def __init__(self, batches: EpochBatches, start: int, stop: int) -> None:
+        if not 0 <= start < stop <= batches.batch_size:
+            raise ConfigError(f"rows [{start}, {stop}) of a batch of {batches.batch_size}")
+        self.batches, self.start, self.stop = batches, start, stop
+        self.batch_size, self.num_steps = stop - start, batches.num_steps
+        self.offset = batches.offset
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def batch(self, index: int) -> tuple[Tensor, Tensor]:
+        X, Y = self.batches.batch(index)
+        return X[self.start : self.stop], Y[self.start : self.stop]
+
+
 def epoch_batches(
     ids: Tensor, batch_size: int, num_steps: int, rng: random.Random,
     partition: str = "sequential",

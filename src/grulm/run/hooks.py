@@ -2,7 +2,9 @@
 
 :class:`RunWriter` keeps the run directory: the resumable checkpoint on its cadence (every N
 epochs and/or steps, and at the end), the best-validation checkpoint in ``best/``, the
-metrics log and the perplexity plot. :class:`RunHook` is what a caller adds on top (the CLI's
+metrics log and the perplexity plot. In a data-parallel run every rank has one, taking the
+same decisions at the same steps: the others send rank 0 their rows of the hidden state for
+each checkpoint, and rank 0 alone writes. :class:`RunHook` is what a caller adds on top (the CLI's
 progress bar and printed samples): ``fit``'s three hooks plus ``on_start`` and ``on_finish``.
 """
 
@@ -54,7 +56,8 @@ class RunWriter(Hooks):
         self.output = run.spec.output
         resume_step = run.progress.step if run.resumed else None
         tensorboard = run.out / TENSORBOARD_DIR if self.output.tensorboard else None
-        self.log = MetricsLog(run.out / METRICS_FILE, tensorboard, resume_step=resume_step)
+        self.log = (MetricsLog(run.out / METRICS_FILE, tensorboard, resume_step=resume_step)
+                    if run.world.writes else None)
         self.window_start, self.window_tokens = time.perf_counter(), 0
         self.plot_path: Path | None = None
         self.plot_failed = False
@@ -66,7 +69,7 @@ class RunWriter(Hooks):
             loss = stats.loss.item()  # waits for the device, only when logging
             check_finite(self.run.model, progress)
             now = time.perf_counter()
-            self.log.write({
+            self._log({
                 "kind": "step", "step": stats.step, "epoch": progress.epoch + 1,
                 "loss": loss, "perplexity": exp(loss), "lr": stats.lr,
                 "grad_norm": stats.grad_norm.item(),
@@ -83,7 +86,7 @@ class RunWriter(Hooks):
                   "tokens_per_s": stats.tokens_per_s, "seconds": stats.seconds}
         if stats.val_loss is not None:
             record.update(val_loss=stats.val_loss, val_perplexity=stats.val_perplexity)
-        self.log.write(record)
+        self._log(record)
         self.window_start, self.window_tokens = time.perf_counter(), 0
         if progress.best_epoch == stats.epoch:
             self.save_best(progress)
@@ -102,6 +105,7 @@ class RunWriter(Hooks):
             "best_val_loss": finite(progress.best_val_loss), "best_epoch": progress.best_epoch,
             "tokens_per_s": tokens_per_s(progress),
             "train_seconds": progress.seconds, "device": str(self.run.device),
+            "ranks": self.run.world.size,
             "backend": self.run.backend,
             "perplexity_history": [s.perplexity for s in history],
             "val_perplexity_history": [s.val_perplexity for s in history],
@@ -111,7 +115,13 @@ class RunWriter(Hooks):
         """The resumable checkpoint in the run directory, and the plot."""
         run = self.run
         check_finite(run.model, progress)  # never overwrite a good checkpoint with NaNs
-        state, tensors = training_state(run.model, run.optimizer, run.schedule, progress)
+        hidden = progress.hidden
+        if hidden is not None:
+            hidden = run.world.gather_rows(hidden, dim=1)  # (L, B, H): every rank's rows
+        if not run.world.writes:
+            return
+        state, tensors = training_state(run.model, run.optimizer, run.schedule, progress,
+                                        hidden)
         meta = replace(self.base_meta, metrics=self.metrics(progress), training_state=state)
         save_checkpoint(run.out, run.model, run.corpus.vocab, meta, tensors)
         self.plot_path = self.plot(progress) or self.plot_path
@@ -119,6 +129,8 @@ class RunWriter(Hooks):
     def save_best(self, progress: Progress) -> None:
         """The model as it is now in ``best/`` (no training state)."""
         check_finite(self.run.model, progress)
+        if not self.run.world.writes:
+            return
         save_checkpoint(self.run.out / BEST_DIR, self.run.model, self.run.corpus.vocab,
                         replace(self.base_meta, metrics=self.metrics(progress)))
 
@@ -145,7 +157,12 @@ class RunWriter(Hooks):
             return None
 
     def close(self) -> None:
-        self.log.close()
+        if self.log is not None:
+            self.log.close()
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(record)
 
 
 def tokens_per_s(progress: Progress) -> float | None:

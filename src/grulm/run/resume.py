@@ -35,18 +35,25 @@ from grulm.train import BUDGET_FIELDS, Progress, TrainConfig
 
 
 def training_state(
-    model: GRULM, optimizer: torch.optim.Optimizer, schedule: Schedule, progress: Progress
-) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    model: GRULM, optimizer: torch.optim.Optimizer, schedule: Schedule, progress: Progress,
+    hidden: Tensor | None = None,
+) -> tuple[dict[str, Any], dict[str, Tensor]]:  # fmt: skip
     """The JSON (:attr:`~grulm.checkpoint.CheckpointMeta.training_state`) and the tensors that
-    resume a run."""
+    resume a run.
+
+    Args:
+        hidden: the carried state of the whole batch (L, B, H) where ``progress.hidden``
+            holds one rank's rows; None: ``progress.hidden``.
+    """
     optim_tensors, optim_json = optimizer_state(optimizer)
     tensors = {f"optim.{k}": v for k, v in optim_tensors.items()}
     tensors["torch_rng"] = torch.get_rng_state()
     if model.head.weight.device.type == "cuda":
         for index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda_rng.{index}"] = state
-    if progress.hidden is not None:
-        tensors["hidden"] = progress.hidden
+    hidden = progress.hidden if hidden is None else hidden
+    if hidden is not None:
+        tensors["hidden"] = hidden
     if progress.loss_sum is not None:
         tensors["loss_sum"] = progress.loss_sum
     state = {"progress": progress.to_json(), "optimizer": optim_json,

@@ -6,6 +6,12 @@ build the model, optimiser and schedule (restored exactly when resuming), train 
 :func:`grulm.train.fit`, evaluate on the held-out split, write the last checkpoint, ``best/``,
 the metrics and the plot (:class:`grulm.run.hooks.RunWriter`), and return a
 :class:`RunResult`. Nothing is printed; callers watch through :class:`grulm.run.hooks.RunHook`.
+
+Under ``torchrun`` (:mod:`grulm.distributed`) every rank calls the same function: rank 0
+claims the directory and reads the checkpoint, every rank reads the data (the first rank of
+each machine first, so that the others find it prepared) and trains its share of each
+batch's rows, rank 0 alone writes, and every rank returns the same result. A set-up error on
+any rank fails every rank with that rank's message.
 """
 
 from __future__ import annotations
@@ -21,17 +27,18 @@ import torch
 
 from grulm.checkpoint import Checkpoint, CheckpointMeta, DataInfo, load_checkpoint
 from grulm.compute import check_step_fits_time
-from grulm.data.batches import check_batchable, epoch_batches
+from grulm.data.batches import RowShare, check_batchable, epoch_batches
 from grulm.data.corpus import Corpus, load_corpus
 from grulm.data.splits import Splits
 from grulm.devices import resolve_device
+from grulm.distributed import World
 from grulm.errors import DataError
 from grulm.evaluate import evaluate
 from grulm.generate import TextFormat, predict
 from grulm.memory import check_fits, describe, training_bytes
 from grulm.model import GRULM
 from grulm.optim import Schedule
-from grulm.run.directory import BEST_DIR, open_run_directory
+from grulm.run.directory import BEST_DIR, RunDirectory, open_run_directory
 from grulm.run.hooks import RunHook, RunWriter, exp, finite, tokens_per_s
 from grulm.run.resume import (
     check_budget_left,
@@ -66,6 +73,7 @@ class RunContext:
         resumed: whether this continues a saved run.
         sample_prefixes: what samples are primed with.
         steps_per_epoch: optimiser steps in one epoch.
+        world: the ranks training this run (size 1 outside ``torchrun``).
     """
 
     spec: RunSpec
@@ -81,6 +89,7 @@ class RunContext:
     resumed: bool
     sample_prefixes: tuple[str, ...]
     steps_per_epoch: int
+    world: World
 
     def sample(self, prefix: str, num_preds: int = 50) -> str:
         """Greedy continuation of ``prefix`` (the seed's ``predict``), in eval mode."""
@@ -137,7 +146,7 @@ class RunResult:
 
 def start(spec: RunSpec, out: str | os.PathLike, *, device: str = "auto",
           overwrite: bool = False, hooks: Sequence[RunHook] = (),
-          progress: bool = False) -> RunResult:  # fmt: skip
+          progress: bool = False, world: World | None = None) -> RunResult:  # fmt: skip
     """Train a new run described by ``spec`` into ``out``.
 
     Args:
@@ -145,40 +154,75 @@ def start(spec: RunSpec, out: str | os.PathLike, *, device: str = "auto",
             only once everything is set up); otherwise such a directory is refused.
         hooks: watch the run (progress, printing); ``should_stop`` may stop it cleanly.
         progress: tqdm bars while downloading and preparing data.
+        world: the ranks of a data-parallel run; None: the one ``torchrun`` describes in
+            the environment (this process alone outside it).
 
     Raises:
         GrulmError: bad settings or data, a directory that holds a run or is locked, a model
-            that does not fit, a checkpoint that cannot be written.
+            that does not fit, a checkpoint that cannot be written, a rank that failed.
     """
-    device_ = resolve_device(device)
-    with open_run_directory(out, "overwrite" if overwrite else "new") as directory:
-        return _train(spec, directory, None, device_, hooks, progress, overwrite)
+    world, device_ = _join(world, device)
+    try:
+        mode = "overwrite" if overwrite else "new"
+        with world.settle(lambda: _claim(out, mode, world)) as directory:
+            return _train(spec, directory, None, device_, hooks, progress, overwrite, world)
+    finally:
+        world.leave()
 
 
 def resume(out: str | os.PathLike, *, device: str = "auto", hooks: Sequence[RunHook] = (),
-           progress: bool = False, **overrides: Any) -> RunResult:  # fmt: skip
+           progress: bool = False, world: World | None = None,
+           **overrides: Any) -> RunResult:  # fmt: skip
     """Continue the run saved in ``out`` exactly where it stopped.
 
     ``overrides`` use :meth:`RunSpec.from_preset`'s names; budgets (``epochs``,
     ``max_steps``, ``max_time``, ``early_stop``, ``eval_every``), the backend and output
-    settings may change, anything else is refused with the list of differences.
+    settings may change, anything else is refused with the list of differences. A
+    data-parallel run may continue with another number of ranks that divides its batch.
 
     Raises:
         GrulmError: not a run directory (or a ``best/`` copy), a locked one, another model,
             vocabulary, data or training settings, or nothing left to do.
     """
-    device_ = resolve_device(device)
-    with open_run_directory(out, "resume") as directory:
-        checkpoint = load_checkpoint(directory.path)
-        spec = spec_from_checkpoint(checkpoint).replace(**overrides)
-        return _train(spec, directory, checkpoint, device_, hooks, progress, False)
+    world, device_ = _join(world, device)
+    try:
+        def claim() -> tuple[RunDirectory, Checkpoint | None]:
+            directory = _claim(out, "resume", world)
+            try:
+                return directory, load_checkpoint(directory.path) if world.writes else None
+            except BaseException:
+                directory.release()
+                raise
+
+        directory, checkpoint = world.settle(claim)
+        with directory:
+            checkpoint = world.same(checkpoint)  # the run directory may be on rank 0 only
+            spec = world.settle(lambda: spec_from_checkpoint(checkpoint).replace(**overrides))
+            return _train(spec, directory, checkpoint, device_, hooks, progress, False, world)
+    finally:
+        world.leave()
 
 
-def _train(spec: RunSpec, directory, checkpoint: Checkpoint | None, device: torch.device,
-           hooks: Sequence[RunHook], show_progress: bool, overwrite: bool) -> RunResult:
+def _join(world: World | None, device: str) -> tuple[World, torch.device]:
+    world = world if world is not None else World.from_environment()
+    device_ = world.device(resolve_device(device))
+    world.join(device_)
+    return world, device_
+
+
+def _claim(out: str | os.PathLike, mode: str, world: World) -> RunDirectory:
+    """Rank 0 claims the directory; the other ranks only know its name."""
+    return open_run_directory(out, mode) if world.writes else RunDirectory(Path(out))
+
+
+def _set_up(spec: RunSpec, checkpoint: Checkpoint | None, device: torch.device,
+            show_progress: bool, world: World) -> tuple:  # fmt: skip
+    """Data, model, optimiser, schedule and progress, every check passed (the part of a run
+    that may fail on one rank only: :meth:`World.settle` runs it)."""
     config, data = spec.train, spec.data
+    world.check_divides(config.batch_size)
     corpus = load_corpus(data.data, cleaning=data.cleaning, token=data.token,
-                         min_freq=data.min_freq, progress=show_progress)
+                         min_freq=data.min_freq, progress=show_progress and world.writes)
     fractions = None if data.split_fractions is None else list(data.split_fractions)
     splits = training_splits(corpus.ids, data.max_tokens, fractions)
     _check_splits(splits, config.batch_size, config.num_steps, config.partition)
@@ -187,11 +231,12 @@ def _train(spec: RunSpec, directory, checkpoint: Checkpoint | None, device: torc
                          ranges={k: list(v) for k, v in splits.ranges.items()})
     model_config = spec.model.config(vocab_size=len(corpus.vocab))
     batch, steps = config.batch_size, config.num_steps
-    check_fits(training_bytes(model_config, batch, steps, config.optimizer),
-               f"training {describe(model_config, batch, steps)}",
+    local_batch = batch // world.size
+    check_fits(training_bytes(model_config, local_batch, steps, config.optimizer),
+               f"training {describe(model_config, local_batch, steps)}",
                "use a smaller --hidden-size, --num-layers, --batch-size or --num-steps",
                device=device)
-    check_step_fits_time(model_config, batch, steps, config.max_time, device)
+    check_step_fits_time(model_config, local_batch, steps, config.max_time, device)
     if checkpoint is None:
         torch.manual_seed(config.seed)
     model = GRULM(model_config).to(device)
@@ -202,22 +247,47 @@ def _train(spec: RunSpec, directory, checkpoint: Checkpoint | None, device: torc
         model.load_state_dict(checkpoint.model.state_dict())
         progress = restore_training_state(checkpoint, optimizer, schedule, device)
         check_budget_left(progress, config)
+        if progress.hidden is not None:
+            progress.hidden = world.rows(progress.hidden, dim=1).clone()  # this rank's rows
     else:
         progress = Progress.start(config.seed)
+    if world.rank:  # dropout masks differ across ranks, reproducibly
+        torch.manual_seed(config.seed * 1_000_003 + world.rank * 7919 + progress.step)
+    return corpus, splits, data_info, model, optimizer, schedule, progress
+
+
+def _train(spec: RunSpec, directory: RunDirectory, checkpoint: Checkpoint | None,
+           device: torch.device, hooks: Sequence[RunHook], show_progress: bool,
+           overwrite: bool, world: World) -> RunResult:  # fmt: skip
+    config, data = spec.train, spec.data
+    # The first rank of each machine prepares the data; then the others read it prepared.
+    def set_up():
+        return _set_up(spec, checkpoint, device, show_progress, world)
+
+    ready = world.settle(set_up if world.local_rank == 0 else lambda: None)
+    ready = world.settle(lambda: ready if world.local_rank == 0 else set_up())
+    corpus, splits, data_info, model, optimizer, schedule, progress = ready
+    reference = world.same(_fingerprint(data_info))
+    world.settle(lambda: _check_same_data(reference, data_info, world))
+    world.broadcast(list(model.parameters()))  # one model, whatever each rank initialised
+    batch, steps = config.batch_size, config.num_steps
     train_ids = splits.train.to(device)
+    rows = (world.rank * batch // world.size, (world.rank + 1) * batch // world.size)
 
     def make_batches(rng: random.Random):
-        return epoch_batches(train_ids, batch, steps, rng, config.partition)
+        batches = epoch_batches(train_ids, batch, steps, rng, config.partition)
+        return RowShare(batches, *rows) if world.distributed else batches
 
     prefixes = spec.output.sample_prefixes or (
         SEED_PREFIXES if data.data == SEED_DATA  # "time traveller" means nothing elsewhere
         else (corpus.decode(splits.train[: 16 if data.token == "char" else 3]),))
     run = RunContext(spec, directory.path, corpus, splits, model, optimizer, schedule, device,
                      model.backend().name, progress, checkpoint is not None, tuple(prefixes),
-                     len(make_batches(random.Random(0))))
-    if overwrite:
-        directory.clear_previous_run()  # only now, when every check above has passed
-    directory.sweep()
+                     len(make_batches(random.Random(0))), world)
+    if world.writes:
+        if overwrite:
+            directory.clear_previous_run()  # only now, when every check above has passed
+        directory.sweep()
     output = {**spec.to_dict()["output"], "sample_prefixes": list(prefixes)}
     writer = RunWriter(run, CheckpointMeta(data=data_info, train=config.to_dict(), run=output,
                                            preset=spec.preset))
@@ -225,7 +295,7 @@ def _train(spec: RunSpec, directory, checkpoint: Checkpoint | None, device: torc
         for hook in hooks:
             hook.on_start(run)
         fit(model, make_batches, config, val_ids=splits.val, progress=progress,
-            optimizer=optimizer, schedule=schedule, hooks=_Chain(writer, hooks))
+            optimizer=optimizer, schedule=schedule, hooks=_Chain(writer, hooks), world=world)
         result = _finish(run, writer)
     finally:
         writer.close()
@@ -244,15 +314,17 @@ def _finish(run: RunContext, writer: RunWriter) -> RunResult:
     if val_ids is not None and progress.stop_reason not in SIGNAL_STOPS:
         if progress.batch == 0 and last is not None and last.val_loss is not None:
             val = last.val_loss
-        elif evaluation_fits(config, progress.seconds, len(val_ids), throughput or 0.0):
-            val = evaluate(run.model, val_ids, config.batch_size, config.num_steps).loss
+        elif run.world.same(evaluation_fits(config, progress.seconds, len(val_ids),
+                                            throughput or 0.0)):
+            val = evaluate(run.model, val_ids, config.batch_size, config.num_steps,
+                           run.world).loss
             if val < progress.best_val_loss:
                 progress.best_val_loss, progress.best_epoch = val, progress.epoch
                 writer.save_best(progress)
         else:
             skipped = True
     writer.save(progress)
-    if progress.stop_reason not in SIGNAL_STOPS:
+    if writer.log is not None and progress.stop_reason not in SIGNAL_STOPS:
         writer.log.write({"kind": "final", "step": progress.step, "epoch": progress.epoch,
                           "loss": train_loss, "perplexity": _exp_or_none(train_loss),
                           "val_loss": val, "val_perplexity": _exp_or_none(val),
@@ -264,7 +336,7 @@ def _finish(run: RunContext, writer: RunWriter) -> RunResult:
         best_val_loss=finite(progress.best_val_loss), best_epoch=progress.best_epoch,
         tokens_per_s=throughput, seconds=progress.seconds, validation_skipped=skipped,
         best=best if best.is_dir() else None, plot=writer.plot_path,
-        metrics=writer.log.path if writer.log.active else None,
+        metrics=writer.log.path if writer.log is not None and writer.log.active else None,
     )
 
 
@@ -298,6 +370,20 @@ def _check_splits(splits: Splits, batch_size: int, num_steps: int, partition: st
                 f"{batch_size} streams: it needs at least {batch_size + 1} (batch size + 1); "
                 "give it a larger fraction, use more text, or a smaller --batch-size"
             )
+
+
+def _fingerprint(data: DataInfo) -> dict[str, Any]:
+    return {"sha256": data.sha256, "tokens": data.num_tokens, "vocabulary": data.vocab_size,
+            "splits": data.ranges}
+
+
+def _check_same_data(reference: dict[str, Any], mine: DataInfo, world: World) -> None:
+    """Every rank must train on the same tokens (a node may hold another copy of a file)."""
+    ours = _fingerprint(mine)
+    if ours != reference:
+        differ = ", ".join(k for k in ours if ours[k] != reference[k])
+        raise DataError(f"rank {world.rank} reads other data than rank 0 (its {differ} "
+                        "differ); give every node the same --data file")
 
 
 def _exp_or_none(loss: float | None) -> float | None:

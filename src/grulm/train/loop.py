@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from grulm.data.batches import EpochBatches, rng_from_state, rng_state
+from grulm.distributed import World
 from grulm.errors import GrulmError
 from grulm.evaluate import evaluate
 from grulm.model import GRULM
@@ -80,24 +81,31 @@ def build_step(
 
 
 def train_step(
-    model: GRULM, X: Tensor, Y: Tensor, state: Tensor, update: ClippedStep
-) -> tuple[Tensor, Tensor, Tensor]:
+    model: GRULM, X: Tensor, Y: Tensor, state: Tensor, update: ClippedStep,
+    world: World | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """One optimiser step on one batch.
 
     Args:
-        X, Y: (B, T) int64 inputs and next-token labels.
+        X, Y: (B, T) int64 inputs and next-token labels (this rank's rows of the batch).
         state: (L, B, H) the state to start from (detached from any earlier graph).
         update: clips the gradients and steps the optimiser (:func:`build_step`).
+        world: the ranks sharing the batch: gradients and loss are averaged over them
+            before clipping (:meth:`grulm.distributed.World.average`); None: this process.
 
     Returns:
-        The batch's mean loss (0-dim), the final state (L, B, H, still attached to this
-        step's graph) and the gradient norm before clipping (0-dim), all on the device.
+        The batch's mean loss (0-dim, over the whole batch), the final state (L, B, H, still
+        attached to this step's graph) and the gradient norm before clipping (0-dim), all on
+        the device.
     """
     loss, state = model.loss(X, Y, state)  # mean over B·T tokens, (L, B, H)
     update.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    loss = loss.detach()
+    if world is not None and world.distributed:
+        loss = world.average(update.parameters, loss)
     grad_norm = update()  # clip the global norm to θ, then the optimiser's step
-    return loss.detach(), state, grad_norm
+    return loss, state, grad_norm
 
 
 def run_fraction(config: TrainConfig, progress: Progress, epoch_len: int, seconds: float) -> float:
@@ -157,6 +165,7 @@ def fit(
     optimizer: torch.optim.Optimizer | ClippedStep | None = None,
     schedule: Schedule | None = None,
     hooks: Hooks | None = None,
+    world: World | None = None,
 ) -> list[EpochStats]:
     """Train ``model`` until a budget in ``config`` runs out or a hook asks to stop.
 
@@ -171,6 +180,9 @@ def fit(
             resume), which :func:`build_step` wraps once; None builds both from ``config``.
         schedule: a restored one when resuming; None makes it from ``config``.
         hooks: logging, checkpoints, stop requests.
+        world: the ranks of a data-parallel run; ``make_batches`` then gives this rank's
+            rows, and losses, gradients, evaluations and stop decisions are shared so that
+            every rank takes the same steps (:mod:`grulm.distributed`). None: this process.
 
     Returns:
         The statistics of every completed epoch (``progress.history``).
@@ -184,6 +196,7 @@ def fit(
                                                                              optimizer)
     schedule = schedule if schedule is not None else Schedule(config.schedule_config(), config.lr)
     hooks = hooks if hooks is not None else Hooks()
+    world = world if world is not None else World()
     device = model.head.weight.device
     session_start, seconds_before = time.perf_counter(), progress.seconds
 
@@ -191,6 +204,9 @@ def fit(
         return seconds_before + time.perf_counter() - session_start
 
     def stop_reason(next_step_seconds: float = 0.0) -> str | None:
+        return world.agree(local_stop_reason(next_step_seconds))  # ranks stop together
+
+    def local_stop_reason(next_step_seconds: float) -> str | None:
         if (reason := hooks.should_stop()) is not None:
             return reason
         if config.max_steps is not None and progress.step >= config.max_steps:
@@ -216,14 +232,15 @@ def fit(
                 state = model.begin_state(X.shape[0])
             else:
                 state = progress.hidden.detach()  # carry the state, not its history
-            loss, state, grad_norm = train_step(model, X, Y, state, update)
+            loss, state, grad_norm = train_step(model, X, Y, state, update, world)
+            tokens = Y.numel() * world.size  # every rank holds as many rows
             progress.hidden = state.detach()
-            progress.loss_sum += loss * Y.numel()
-            progress.tokens += Y.numel()
+            progress.loss_sum += loss * tokens
+            progress.tokens += tokens
             progress.step += 1
             progress.batch += 1
             hooks.on_step(progress, StepStats(progress.step, loss, grad_norm, progress.lr,
-                                              Y.numel()))
+                                              tokens))
             step_seconds = time.perf_counter() - step_start
             if progress.batch < len(batches) and (reason := stop_reason(step_seconds)):
                 progress.epoch_seconds = time.perf_counter() - epoch_start
@@ -235,9 +252,10 @@ def fit(
         epoch = progress.epoch + 1
         val_loss = None
         if (val_ids is not None and (epoch % config.eval_every == 0 or epoch == config.epochs)
-                and evaluation_fits(config, seconds(), len(val_ids),
-                                    progress.tokens / max(epoch_seconds, 1e-9))):
-            val_loss = evaluate(model, val_ids, config.batch_size, config.num_steps).loss
+                and world.same(evaluation_fits(config, seconds(), len(val_ids),
+                                               progress.tokens / max(epoch_seconds, 1e-9)))):
+            val_loss = evaluate(model, val_ids, config.batch_size, config.num_steps,
+                                world).loss
         stats = EpochStats(epoch, progress.loss_sum.item() / progress.tokens, progress.tokens,
                            epoch_seconds, progress.lr, val_loss)
         progress.history.append(stats)
