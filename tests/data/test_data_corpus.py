@@ -5,6 +5,8 @@ a min_freq that leaves nothing."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,13 +99,29 @@ def test_a_large_vocabulary_is_stored_as_uint16_and_round_trips(tmp_path):
     words = " ".join(f"w{i}" for i in range(700)) + "\n"  # 700 words + space + newline
     path = write(tmp_path, words)
     first = load_corpus(str(path), cleaning="raw", token="word")
-    assert len(first.vocab) == 703 and first.ids.dtype == torch.int32
+    assert len(first.vocab) == 703 and first.ids.dtype == torch.uint16
     assert storage_dtype(len(first.vocab)) == "uint16"
     (entry,) = entries()
     assert (entry / "ids.bin").stat().st_size == 2 * len(first)
     again = load_prepared(path, cleaning="raw", token="word")
     assert again.cached and again.vocab == first.vocab and torch.equal(again.ids, first.ids)
     assert first.decode(first.ids) == words
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/maps")
+@pytest.mark.parametrize("prepared_before", [False, True])
+def test_ids_are_memory_mapped_from_the_cache(tmp_path, prepared_before):
+    """Every process reading a prepared corpus shares the page cache's copy of its ids."""
+    path = write(tmp_path, "abc def\n" * 1000)
+    if prepared_before:
+        load_corpus(str(path), cleaning="raw")
+    corpus = load_corpus(str(path), cleaning="raw")
+    (entry,) = entries()
+    maps = Path("/proc/self/maps").read_text()
+    assert str((entry / "ids.bin").resolve()) in maps
+    assert corpus.decode(corpus.ids[:8]) == "abc def\n"
+    corpus.ids[0] = 5  # copy-on-write: the cache file is never changed
+    assert (entry / "ids.bin").read_bytes()[:1] != bytes([5])
 
 
 def test_storage_dtype_bounds():
@@ -130,11 +148,11 @@ def test_cache_round_trip_and_keys(tmp_path):
 
 def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
     path = write(tmp_path, TEXT * 10)
-    first = load_prepared(path)
+    first = load_prepared(path).ids.clone()  # the ids are mapped from the file damaged below
     (entry,) = entries()
     (entry / "ids.bin").write_bytes(b"\x00" * 5)  # truncated
     rebuilt = load_prepared(path)
-    assert not rebuilt.cached and torch.equal(rebuilt.ids, first.ids)
+    assert not rebuilt.cached and torch.equal(rebuilt.ids, first)
     (entry / "meta.json").write_text("{not json")
     assert not load_prepared(path).cached
     assert load_prepared(path).cached

@@ -19,6 +19,12 @@ tokens, format version). A cache entry is two files, no pickle:
 
 Entries are written into a temporary directory and renamed into place, so a reader never
 sees a half-written one; an entry that does not check out is rebuilt.
+
+The ids come back memory-mapped from ``ids.bin`` (read-only, copy-on-write): a process reads
+the pages it touches through the page cache, and processes on one machine (the ranks of a
+data-parallel run) share one copy of them instead of holding one each. So an entry is never
+rewritten in place (a mapped file cut short under a reader would crash it): a damaged one is
+removed, and its replacement renamed into place.
 """
 
 from __future__ import annotations
@@ -62,8 +68,9 @@ class Prepared:
     """Token ids of a whole file with their vocabulary.
 
     Attributes:
-        ids: (N,) token ids, ``torch.uint8`` when the vocabulary has ≤ 256 tokens, else
-            ``torch.int32`` (batch iterators turn windows into int64).
+        ids: (N,) token ids, ``torch.uint8`` when the vocabulary has ≤ 256 tokens,
+            ``torch.uint16`` (≤ 65,536, from the cache) or ``torch.int32``; memory-mapped when
+            they come from the cache (batch iterators turn windows into int64).
         vocab: the vocabulary the ids index.
         sha256: hex sha256 of the file's bytes (identifies the data in checkpoints).
         cached: whether the ids were loaded from the cache rather than computed.
@@ -123,7 +130,8 @@ def load_prepared(
         return found
     prepared = prepare(path, **options, progress=progress, name=name, sha256=sha256)
     _write_entry(entry, prepared, options)
-    return prepared
+    mapped = _read_entry(entry, sha256, options)  # the shared pages, not a private copy
+    return prepared if mapped is None else Prepared(mapped.ids, prepared.vocab, sha256)
 
 
 def prepare(
@@ -302,6 +310,12 @@ def _narrow(ids32: array.array, vocab_size: int) -> torch.Tensor:
     return torch.frombuffer(ids32, dtype=torch.uint32).to(torch.int32)
 
 
+def _max_id(ids: torch.Tensor) -> int:
+    """The largest id, read in chunks (uint16 has no ``max``; a chunk bounds the copy)."""
+    step = CHUNK_BYTES
+    return max(int(ids[i : i + step].to(torch.int32).max()) for i in range(0, len(ids), step))
+
+
 def _empty() -> torch.Tensor:
     return torch.zeros(0, dtype=torch.uint8)
 
@@ -360,22 +374,21 @@ def _read_entry(entry: Path, sha256: str, options: dict) -> Prepared | None:
         if any(meta.get(key) != value for key, value in options.items()):
             raise ValueError("different options")
         vocab = Vocab.from_dict(meta["vocab"])
-        dtype = meta["dtype"]
+        dtype, num_tokens = meta["dtype"], meta["num_tokens"]
         torch_dtype, _, itemsize = _DISK_DTYPES[dtype]
-        data = bytearray((entry / "ids.bin").read_bytes())
-        if len(data) != meta["num_tokens"] * itemsize or dtype != storage_dtype(len(vocab)):
+        size = (entry / "ids.bin").stat().st_size
+        if size != num_tokens * itemsize or dtype != storage_dtype(len(vocab)):
             raise ValueError("truncated entry")
+        ids = _empty() if not size else torch.from_file(
+            str(entry / "ids.bin"), shared=False, size=num_tokens, dtype=torch_dtype)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, DataError):
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, DataError):
         shutil.rmtree(entry, ignore_errors=True)  # damaged: rebuild it
         return None
-    if not data:
-        ids = _empty()
-    else:
-        raw = torch.frombuffer(data, dtype=torch_dtype)
-        ids = raw if dtype == "uint8" else raw.to(torch.int32)
-    if ids.numel() and int(ids.max()) >= len(vocab):
+    if dtype == "uint32":
+        ids = ids.view(torch.int32)  # ids < 2³¹: the same bits, no copy
+    if ids.numel() and _max_id(ids) >= len(vocab):
         shutil.rmtree(entry, ignore_errors=True)
         return None
     return Prepared(ids, vocab, sha256, cached=True)
