@@ -29,6 +29,8 @@ from __future__ import annotations
 import datetime
 import os
 import pickle
+import socket
+import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -114,11 +116,12 @@ class World:
     def check_divides(self, batch_size: int) -> None:
         """Raise ``ConfigError`` unless the global batch splits evenly across the ranks."""
         if batch_size % self.size:
-            lower = batch_size - batch_size % self.size
+            below = batch_size - batch_size % self.size
+            nearest = " or ".join(str(n) for n in (below, below + self.size) if n)
             raise ConfigError(
                 f"--batch-size {batch_size} does not split across {self.size} ranks: each "
                 f"rank trains an equal share of the rows; use a multiple of {self.size} "
-                f"(e.g. {lower or self.size} or {lower + self.size})"
+                f"(e.g. {nearest})"
             )
 
     # ---------------------------------------------------------------------- process group
@@ -136,17 +139,20 @@ class World:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        host, port = os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?")
+        failed = f"rank {self.rank} could not join the other {self.size - 1} rank(s) at " \
+                 f"{host}:{port} within {self.timeout_s:g} s"
+        hint = "start every node with the same torchrun command, or raise --dist-timeout"
+        # A rank that connects to a store (every rank under torchrun, whose agent holds it)
+        # first waits for it here: PyTorch's own retries log a C++ trace at every attempt.
+        if self.rank or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            if not _reachable(host, port, self.timeout_s):
+                raise DistributedError(f"{failed} (nothing answers there); {hint}")
         try:
             dist.init_process_group(backend, rank=self.rank, world_size=self.size,
                                     timeout=datetime.timedelta(seconds=self.timeout_s))
         except (RuntimeError, ValueError) as error:  # DistStoreError, a refused connection
-            where = (f"{os.environ.get('MASTER_ADDR', '?')}:"
-                     f"{os.environ.get('MASTER_PORT', '?')}")
-            raise DistributedError(
-                f"rank {self.rank} could not join the other {self.size - 1} rank(s) at {where} "
-                f"within {self.timeout_s:g} s ({_first_line(error)}); start every node with the "
-                "same torchrun command, or raise --dist-timeout"
-            ) from None
+            raise DistributedError(f"{failed} ({_first_line(error)}); {hint}") from None
         self._device, self._owns_group = device, True
 
     def leave(self) -> None:
@@ -304,13 +310,26 @@ class World:
             yield
         except (RuntimeError, ValueError, OSError) as error:  # gloo/NCCL errors, timeouts
             raise DistributedError(
-                f"rank {self.rank}: {what} failed ({_first_line(error)}); another rank has "
-                "probably stopped: see its error"
+                f"rank {self.rank}: {what} failed ({_first_line(error)}); another rank "
+                "stopped or cannot be reached (its own error, if it could print one, is above)"
             ) from None
 
     def _collective_device(self) -> torch.device:
         device = self._device or torch.device("cpu")
         return device if device.type == "cuda" else torch.device("cpu")
+
+
+def _reachable(host: str, port: str, timeout_s: float) -> bool:
+    """Whether a TCP connection to ``host:port`` succeeds within ``timeout_s`` (retrying)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return True
+        except (OSError, ValueError):
+            if time.monotonic() + 0.5 > deadline:
+                return False
+            time.sleep(0.5)
 
 
 def _first_line(error: BaseException) -> str:
