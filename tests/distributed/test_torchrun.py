@@ -51,9 +51,12 @@ def grulm(*args, env, cwd, timeout=300):
                           text=True, timeout=timeout)
 
 
-def torchrun_command(*args, nproc=2, launch=("--standalone",)):
-    return [str(BIN / "torchrun"), *launch, "--nproc-per-node", str(nproc), "--no-python",
-            str(BIN / "grulm"), "train", *args]
+def torchrun_command(*args, nproc=2, launch=("--standalone",), module=False):
+    """``torchrun … --no-python grulm train …``, or with ``module`` ``torchrun … -m grulm
+    train …`` (the workers are ``python -m grulm``)."""
+    program = ["-m", "grulm"] if module else ["--no-python", str(BIN / "grulm")]
+    return [str(BIN / "torchrun"), *launch, "--nproc-per-node", str(nproc), *program, "train",
+            *args]
 
 
 def torchrun(*args, env, cwd, nproc=2, timeout=300):
@@ -124,8 +127,9 @@ def _free_port() -> int:
 
 
 def test_two_nodes_train_the_one_process_run(env, work, reference):
-    """`--nnodes 2 --node-rank 0/1` over a loopback rendezvous, one rank per "node"; each
-    node has its own working directory, and only node 0's receives the run."""
+    """`--nnodes 2 --node-rank 0/1` over a loopback rendezvous, one rank per "node", started
+    as `torchrun … -m grulm train`; each node has its own working directory, and only node 0's
+    receives the run."""
     port = str(_free_port())
     nodes = []
     for node in (0, 1):
@@ -134,7 +138,8 @@ def test_two_nodes_train_the_one_process_run(env, work, reference):
         launch = ("--nnodes", "2", "--node-rank", str(node), "--master-addr", "127.0.0.1",
                   "--master-port", port)
         nodes.append(subprocess.Popen(
-            torchrun_command(*RUN, "--out", "N", nproc=1, launch=launch), env=env, cwd=cwd,
+            torchrun_command(*RUN, "--out", "N", nproc=1, launch=launch, module=True),
+            env=env, cwd=cwd,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs
@@ -238,8 +243,11 @@ def test_a_killed_worker_ends_the_job_and_the_run_resumes(env, work):
     finally:
         launcher.kill()
     assert not any(_alive(pid) for pid in workers.values())
-    errors = [line for line in own_lines(stderr) if line.startswith("grulm")][1:]
-    assert errors and all("rank 0:" in line for line in errors), errors
+    # rank 0 fails at its next exchange, one line naming it; torchrun may have sent it a
+    # SIGTERM first (announced: it saves no checkpoint without the dead rank's rows)
+    lines = [line for line in own_lines(stderr) if line.startswith("grulm")][1:]
+    errors = [line for line in lines if "SIGTERM received" not in line]
+    assert len(errors) == 1 and errors[0].startswith("grulm train: error: rank 0: "), lines
     info = grulm("info", "K", env=env, cwd=work)
     assert info.returncode == 0 and "ranks 2" in info.stdout, info.stderr
     step = load_checkpoint(run).meta.training_state["progress"]["step"]
