@@ -75,8 +75,9 @@ def check_cell(cell: str, gates: str) -> None:
     if gates not in GATES:
         raise ConfigError(f"unknown gates {gates!r}; choose one of: {', '.join(GATES)}")
     if gates != "both" and cell != "gru":
-        raise ConfigError(f"gates {gates!r} ablate the GRU's gates, and the {cell} cell has no "
-                         "GRU gates to switch off: drop --gates, or use --cell gru")
+        raise ConfigError(f"gates {gates!r} applies only to --cell gru (it ablates the GRU's "
+                          f"gates); the {NAMES[cell]} cell has none to switch off: drop --gates "
+                          "or use --cell gru")
 
 
 def cell_layout(cell: str, gates: str = "both", variant: str = "reset_before") -> CellLayout:

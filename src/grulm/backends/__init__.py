@@ -141,8 +141,9 @@ class Backend:
             return f"backend {self.name!r} provides no decode_step"
         if cell not in self.cells(capability):
             what = "decodes" if capability == "decode_step" else "implements"
-            return (f"backend {self.name!r} {what} only the {' / '.join(self.cells(capability))}"
-                    f" cell; the {NAMES[cell]} cell runs on: {supporting(cell, gates)}")
+            own = " / ".join(NAMES[c] for c in self.cells(capability))
+            return (f"backend {self.name!r} {what} only the {own} cell; the {NAMES[cell]} cell "
+                    f"runs on: {supporting(cell, gates, capability)}")
         if gates not in self.gates:
             return (f"backend {self.name!r} implements no GRU gate ablations (gates {gates!r}); "
                     f"they run on: {supporting(cell, gates)}")
