@@ -68,3 +68,21 @@ def test_cli_rejects_bad_counts(run_grulm):
     result = run_grulm("bench", "--repeats=0")
     assert result.returncode == 2
     assert "--repeats must be a positive integer" in result.stderr
+
+
+def test_a_cell_option_benchmarks_that_cell_where_it_runs(run_grulm):
+    """``--cell lstm``: the backends that run an LSTM are timed, the fused GRU one and the
+    seed's GRU are skipped with the reason; a bad cell is one line."""
+    result = run_grulm("bench", "--config", "seed", "--cell", "lstm", "--batches", "1",
+                       "--repeats", "1", "--warmup", "0", "--only", "grulm/torch")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("seed: 1×256 LSTM, onehot input")
+    data = json.loads(lines[-1])["reports"][0]
+    results = {r["contender"]: r for r in data["results"]}
+    assert data["config"]["cell"] == "lstm" and results["grulm/torch"]["tokens_per_s"] > 0
+    assert "implements only the GRU cell" in results["grulm/cpu"]["skipped"]
+    assert "reset-before GRU with both gates" in results["textbook"]["skipped"]
+    bad = run_grulm("bench", "--cell", "lstm", "--gates", "reset")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "applies only to --cell gru" in bad.stderr

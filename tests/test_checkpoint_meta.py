@@ -42,10 +42,11 @@ def _info_json(directory) -> dict:
 
 
 def _described_by_the_file(directory) -> dict:
-    """What ``grulm info --json`` printed before metadata was typed: the model config, the
-    vocabulary's size, then every other field of ``checkpoint.json`` in the file's order."""
+    """What ``grulm info --json`` printed before metadata was typed: the model config (one
+    written before cells existed names its cell, a GRU with both gates), the vocabulary's size,
+    then every other field of ``checkpoint.json`` in the file's order."""
     metadata = json.loads((Path(directory) / METADATA_FILE).read_text())
-    return {"model_config": metadata["model_config"],
+    return {"model_config": {"cell": "gru", "gates": "both", **metadata["model_config"]},
             "vocab_size": len(metadata["vocab"]["tokens"]),
             **{k: v for k, v in metadata.items() if k not in FILE_FIELDS}}
 

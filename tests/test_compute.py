@@ -18,6 +18,16 @@ def test_step_flops_counts_gates_head_and_backward():
     assert step_flops(embedded, B, T) == 6 * B * T * (3 * H * (E + H) + V * H)
 
 
+@pytest.mark.parametrize("cell, gates, per_layer", [
+    ("lstm", "both", lambda n, H: 4 * H * (n + H)), ("rnn", "both", lambda n, H: H * (n + H)),
+    ("gru", "update", lambda n, H: 2 * H * (n + H)), ("mingru", "both", lambda n, H: 2 * H * n)])
+def test_step_flops_follow_the_cell(cell, gates, per_layer):
+    H, V, E, B, T = 8, 5, 3, 2, 4
+    config = GRUConfig(vocab_size=V, hidden_size=H, num_layers=2, input_kind="embedding",
+                       embedding_size=E, cell=cell, gates=gates)
+    assert step_flops(config, B, T) == 6 * B * T * (per_layer(E, H) + per_layer(H, H) + V * H)
+
+
 def test_the_probe_measures_a_plausible_throughput_and_restores_the_thread_count():
     threads = torch.get_num_threads()
     rate = matmul_flops_per_second(32, 64, torch.device("cpu"))

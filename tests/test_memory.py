@@ -19,6 +19,8 @@ def test_parameter_count_is_the_models():
         GRUConfig(28, 32),
         GRUConfig(28, 16, 3, variant="reset_after"),
         GRUConfig(50, 16, 2, input_kind="embedding", embedding_size=8),
+        *(GRUConfig(28, 16, 2, cell=cell) for cell in ("rnn", "lstm", "mingru")),
+        GRUConfig(28, 16, 2, gates="update", variant="reset_after"),
     ):
         model = GRULM(config)
         numbers = sum(t.numel() for t in [*model.parameters(), *model.buffers()])
@@ -69,13 +71,18 @@ TRAINING_CASES = [
      "adamw"),
     (GRUConfig(100, 16, 3, input_kind="embedding", embedding_size=8, backend="reference"), 2, 3,
      "sgd"),
+    *((GRUConfig(28, 32, 2, cell=cell, backend=backend), 32, 35, "adam")
+      for cell in ("rnn", "lstm", "mingru") for backend in ("torch", "reference")),
+    (GRUConfig(28, 32, 2, gates="update"), 32, 35, "sgd"),
+    (GRUConfig(100, 16, 2, cell="lstm", input_kind="embedding", embedding_size=8), 32, 35,
+     "sgd"),
 ]
 
 
 @pytest.mark.parametrize(
     ("config", "batch_size", "num_steps", "optimizer"),
     TRAINING_CASES,
-    ids=[f"{c.backend}-{c.num_layers}x{c.hidden_size}-{c.input_kind}-{b}x{t}-{o}"
+    ids=[f"{c.cell}-{c.gates}-{c.backend}-{c.num_layers}x{c.hidden_size}-{c.input_kind}-{b}x{t}-{o}"
          for c, b, t, o in TRAINING_CASES],
 )
 def test_training_estimate_covers_what_a_step_keeps(config, batch_size, num_steps, optimizer):

@@ -9,7 +9,8 @@ For one configuration (:class:`BenchConfig`), every contender trains on the same
   ``nn.Embedding`` in front when the config asks for one) in the same loop: the baseline;
 - ``grulm/<backend>``: :class:`grulm.model.GRULM` in grulm's training loop
   (:func:`grulm.train.fit`, one epoch of the round's batches per round), one per registered
-  backend that supports the config's variant on the device.
+  backend that supports the config's cell, gates and variant on the device. With another
+  cell than the GRU, the ratios still compare with the seed's ``nn.GRU``.
 
 Honest timing (STYLE 10): a warm-up, then ``repeats`` rounds in which every contender runs
 ``batches`` training steps in turn (so background load hits all of them alike), the device
@@ -41,8 +42,8 @@ class BenchConfig:
 
     Attributes:
         name: a label for the table.
-        vocab_size, hidden_size, num_layers, variant, input_kind: the model, as in
-            :class:`grulm.model.GRUConfig` (the embedding is ``hidden_size`` wide).
+        vocab_size, hidden_size, num_layers, variant, input_kind, cell, gates: the model, as
+            in :class:`grulm.model.GRUConfig` (the embedding is ``hidden_size`` wide).
         batch_size, num_steps: B and T of every batch.
         lr, clip: SGD learning rate and the gradient-norm bound θ.
     """
@@ -57,6 +58,16 @@ class BenchConfig:
     num_steps: int = 35
     lr: float = 1.0
     clip: float = 1.0
+    cell: str = "gru"
+    gates: str = "both"
+
+    def __post_init__(self) -> None:
+        self.model_config("auto")  # a known cell, and gates only on a GRU
+
+    def model_config(self, backend: str) -> GRUConfig:
+        return GRUConfig(self.vocab_size, self.hidden_size, num_layers=self.num_layers,
+                         variant=self.variant, input_kind=self.input_kind, backend=backend,
+                         cell=self.cell, gates=self.gates)
 
     @property
     def tokens_per_batch(self) -> int:
@@ -142,8 +153,8 @@ def _seed_loop_runner(net, device: torch.device, lr: float) -> Runner:
 def _textbook_runner(config: BenchConfig, device: torch.device) -> Runner | str:
     if config.num_layers != 1 or config.input_kind != "onehot":
         return "the seed's from-scratch model is one layer with one-hot input"
-    if config.variant != "reset_before":
-        return "the seed's from-scratch model is reset-before"
+    if (config.variant, config.cell, config.gates) != ("reset_before", "gru", "both"):
+        return "the seed's from-scratch model is a reset-before GRU with both gates"
     net = textbook.gru_model(config.vocab_size, config.hidden_size, device)
     return _seed_loop_runner(net, device, config.lr)
 
@@ -159,12 +170,7 @@ def _nn_gru_runner(config: BenchConfig, device: torch.device) -> Runner:
 
 
 def _grulm_runner(config: BenchConfig, device: torch.device, backend: str) -> Runner:
-    model = GRULM(
-        GRUConfig(
-            config.vocab_size, config.hidden_size, num_layers=config.num_layers,
-            variant=config.variant, input_kind=config.input_kind, backend=backend,
-        )
-    ).to(device)
+    model = GRULM(config.model_config(backend)).to(device)
     # The seed's training: plain SGD, clipping, the state carried from batch to batch.
     train_config = TrainConfig(epochs=1, batch_size=config.batch_size,
                                num_steps=config.num_steps, lr=config.lr, clip=config.clip)
@@ -202,7 +208,8 @@ def contenders(config: BenchConfig, device: torch.device) -> dict[str, Runner | 
         BASELINE: _nn_gru_runner(config, device),
     }
     for name, backend in backends.BACKENDS.items():
-        reason = backend.unsupported(config.variant, device.type)
+        reason = backend.unsupported(config.variant, device.type, cell=config.cell,
+                                     gates=config.gates)
         found[f"grulm/{name}"] = reason or _grulm_runner(config, device, name)
     return found
 

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from grulm.cells import NAMES
 from grulm.errors import ConfigError
 from grulm.model import GRUConfig
 
@@ -24,11 +25,15 @@ PROBE_SECONDS = 0.02  # how long the throughput probe runs
 def step_flops(config: GRUConfig, batch_size: int, num_steps: int) -> float:
     """Floating-point operations of one training step (forward and backward), counted.
 
-    Per token and layer the gates' products are ``3H × (I + H)`` multiply-adds (one-hot
-    input: ``3H × H``, a row gather replaces the input product), the head ``V × H``; the
-    backward pass costs twice the forward.
+    Per token and layer the gates' products are ``G·H × (I + H)`` multiply-adds, G the cell's
+    blocks (:mod:`grulm.cells`: a GRU 3, fewer with gates ablated, an RNN 1, an LSTM 4); a
+    minGRU's gates read only the input, ``2H × I``. One-hot input drops the input product
+    (a row gather replaces it); the head is ``V × H``; the backward pass costs twice the
+    forward.
     """
     H = config.hidden_size
+    layout = config.layout()
+    recurrent_width = H if layout.recurrent else 0
     per_token = 0
     for layer in range(config.num_layers):
         if layer > 0:
@@ -37,7 +42,7 @@ def step_flops(config: GRUConfig, batch_size: int, num_steps: int) -> float:
             input_width = config.embedding_size or H
         else:
             input_width = 0  # one-hot: a row gather, no product
-        per_token += 3 * H * (input_width + H)
+        per_token += layout.rows * H * (input_width + recurrent_width)
     per_token += config.vocab_size * H
     return 3 * 2 * per_token * batch_size * num_steps
 
@@ -85,7 +90,8 @@ def check_step_fits_time(
     seconds = flops / matmul_flops_per_second(batch_size, hidden, device)
     if seconds > max_time:
         raise ConfigError(
-            f"one training step of a {config.num_layers}×{config.hidden_size} GRU with batch "
+            f"one training step of a {config.num_layers}×{config.hidden_size} "
+            f"{NAMES[config.cell]} with batch "
             f"{batch_size} × {num_steps} takes at least {seconds:.0f} s here "
             f"({flops / 1e12:.2f} TFLOP), more than --max-time {max_time:g}: no step could "
             "finish in time; raise --max-time or use a smaller --num-layers, --hidden-size, "

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from grulm.cells import NAMES
 from grulm.errors import ConfigError
-from grulm.model import GRUConfig
+from grulm.model import GRUConfig, parameter_shapes
 from grulm.optim import OPTIMIZERS
 
 FLOAT_BYTES = 4  # float32
@@ -35,19 +36,25 @@ SAFE_FRACTION = 0.8  # the share of the available memory a command may plan to u
 # Copies of the parameters an optimiser keeps: Adam's two moments; plain SGD none.
 OPTIMIZER_STATE = {"sgd": 0, "adam": 2, "adamw": 2}  # the names of grulm.optim.OPTIMIZERS
 
-# Floats per token, per hidden unit, that ONE layer keeps for backward. The reference backend
-# saves R, Z, R ⊙ H, H~, 1 − Z and the new H at every step, and stacks the outputs (7); the
-# cpu backend saves the outputs, the gates [R, Z, H~] and R ⊙ h (or h W_hn + b_hn) (5), plus,
-# above layer 0, the projected inputs x W_ih^T (3): 8, the larger.
-SAVED_PER_LAYER = 8
+# Floats per token, per hidden unit, that ONE layer keeps for backward, per cell. GRU: the
+# reference backend saves R, Z, R ⊙ H, H~, 1 − Z and the new H at every step, and stacks the
+# outputs (7); the cpu backend saves the outputs, the gates [R, Z, H~] and R ⊙ h (or
+# h W_hn + b_hn) (5), plus, above layer 0, the projected inputs x W_ih^T (3): 8, the larger
+# (an ablated GRU keeps less). RNN: H per step, the outputs, the projected inputs. LSTM:
+# what nn.LSTM's CPU kernel keeps, the most (the four gates, c, tanh(c), h per step, the
+# projected inputs, the outputs: 18 measured with some slack). minGRU: the scan's (B, T, H)
+# intermediates (log Z, log(1 − Z), log A and its exponential, log g(H~) and its branches,
+# the logcumsumexp and its exponential, the outputs) and the projected inputs (2).
+SAVED_PER_LAYER = {"gru": 8, "rnn": 3, "lstm": 18, "mingru": 12}
 # Floats per token, per hidden unit, that backward needs at once for the layer it is in (not
-# per layer): the cpu backend's dL/d(x W_ih) and dL/d(h W_hh) (3 + 3) and the gradient of
-# the layer's outputs (1). The reference backend needs less.
-BACKWARD_WORKSPACE = 7
+# per layer): dL/d(x W_ih) and dL/d(h W_hh) (G + G, the cell's G blocks) and the gradient of
+# the layer's outputs (1).
+BACKWARD_WORKSPACE = {"gru": 7, "rnn": 3, "lstm": 9, "mingru": 6}
 # Floats per token, per hidden unit, that a forward without autograd holds while it runs one
-# layer: the projected inputs (3), the outputs (1) and the layer below's (1), and what the
-# cpu backend computes for backward even when nobody asks (gates 3, extra 1).
-INFERENCE_PER_LAYER = 9
+# layer: the projected inputs (G), the outputs (1) and the layer below's (1); the GRU's cpu
+# backend computes what backward would need even when nobody asks (gates 3, extra 1); the
+# minGRU's scan holds its intermediates (6).
+INFERENCE_PER_LAYER = {"gru": 9, "rnn": 3, "lstm": 6, "mingru": 10}
 # Floats per token, per vocabulary entry: training keeps the logits' log-softmax (or the cpu
 # backend's probabilities) for backward, backward makes two gradients of that size, and the
 # logits and a temporary of the loss live beside them for a moment (a process's resident
@@ -65,13 +72,8 @@ DECODING_HEAD = 8
 
 def parameter_count(config: GRUConfig) -> int:
     """Numbers in a :class:`~grulm.model.GRULM` of this config (parameters and the zero
-    ``bias_hh`` buffers of the reset-before GRU)."""
-    H, V = config.hidden_size, config.vocab_size
-    embedding = V * config.input_size if config.input_kind == "embedding" else 0
-    layer0 = 3 * H * config.input_size + 3 * H * H + 6 * H
-    upper = (config.num_layers - 1) * (3 * H * H + 3 * H * H + 6 * H)
-    head = V * H + V
-    return embedding + layer0 + upper + head
+    ``bias_hh`` buffers; see :func:`grulm.model.parameter_shapes`)."""
+    return sum(math.prod(shape) for shape in parameter_shapes(config).values())
 
 
 def parameter_bytes(config: GRUConfig) -> int:
@@ -88,11 +90,12 @@ def training_bytes(config: GRUConfig, batch_size: int, num_steps: int, optimizer
     - the parameters, their gradients, the optimiser's state (``sgd`` 0, ``adam``/``adamw`` 2
       copies) and one copy for the optimiser step's and clipping's temporaries: (3 + s)·P;
     - the activations saved for backward, :data:`SAVED_PER_LAYER`·M·L·H, and backward's
-      workspace for the layer it is in, :data:`BACKWARD_WORKSPACE`·M·H;
+      workspace for the layer it is in, :data:`BACKWARD_WORKSPACE`·M·H (both by cell);
     - the head: :data:`TRAINING_HEAD`·M·V (log-softmax kept, two gradients of that size,
       the logits and temporaries);
-    - the input: layer 0's gathered table ``W_ih^T`` and its gradient (2·3H·I); the float
-      one-hot input nn.GRU is handed (M·V) where the ``torch`` backend may run; an embedding's
+    - the input: layer 0's gathered table ``W_ih^T`` and its gradient (2·G·H·I, G the cell's
+      blocks); the float one-hot input PyTorch's kernels are handed (M·V) where the
+      ``torch`` backend may run; an embedding's
       output (M·I); the (B, T) int64 inputs and targets;
 
     then adds :data:`MARGIN`. The result errs high, by up to about 2×, never low.
@@ -103,15 +106,15 @@ def training_bytes(config: GRUConfig, batch_size: int, num_steps: int, optimizer
     if optimizer not in OPTIMIZER_STATE:
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     _check_sizes(batch_size, num_steps)
-    H, L, V = config.hidden_size, config.num_layers, config.vocab_size
-    tokens = batch_size * num_steps
+    H, L, V, cell = config.hidden_size, config.num_layers, config.vocab_size, config.cell
+    G, tokens = config.layout().rows, batch_size * num_steps
     floats = (
         (3 + OPTIMIZER_STATE[optimizer]) * parameter_count(config)
-        + tokens * (SAVED_PER_LAYER * L + BACKWARD_WORKSPACE) * H
+        + tokens * (SAVED_PER_LAYER[cell] * L + BACKWARD_WORKSPACE[cell]) * H
         + tokens * TRAINING_HEAD * V
-        + 2 * 3 * H * config.input_size
+        + 2 * G * H * config.input_size
         + tokens * _input_width(config)
-        + 2 * L * batch_size * H  # the state carried between batches, and the final one
+        + 4 * L * batch_size * H  # the state carried between batches, and the final one
     )
     return math.ceil(MARGIN * (FLOAT_BYTES * floats + 2 * ID_BYTES * tokens))
 
@@ -120,7 +123,8 @@ def inference_bytes(config: GRUConfig, batch_size: int, num_steps: int) -> int:
     """Estimated peak bytes of running ``config`` without autograd on ``batch_size`` sequences,
     ``num_steps`` tokens per call (evaluation; for generation see :func:`generation_bytes`).
 
-    The parameters; one layer's forward at a time, :data:`INFERENCE_PER_LAYER`·M·H; the logits
+    The parameters; one layer's forward at a time, :data:`INFERENCE_PER_LAYER`·M·H (by
+    cell); the logits
     and their log-softmax, :data:`INFERENCE_HEAD`·M·V; the input as in :func:`training_bytes`;
     the carried state; then :data:`MARGIN`.
 
@@ -132,11 +136,11 @@ def inference_bytes(config: GRUConfig, batch_size: int, num_steps: int) -> int:
     tokens = batch_size * num_steps
     floats = (
         parameter_count(config)
-        + tokens * INFERENCE_PER_LAYER * H
+        + tokens * INFERENCE_PER_LAYER[config.cell] * H
         + tokens * INFERENCE_HEAD * V
-        + 3 * H * config.input_size
+        + config.layout().rows * H * config.input_size
         + tokens * _input_width(config)
-        + 2 * L * batch_size * H
+        + 4 * L * batch_size * H  # the state (an LSTM's h and c), in and out
     )
     return math.ceil(MARGIN * (FLOAT_BYTES * floats + 2 * ID_BYTES * tokens))
 
@@ -168,10 +172,13 @@ def generation_bytes(
 
 def _input_width(config: GRUConfig) -> int:
     """Floats per token of layer 0's input as a tensor: an embedding's output, or the float
-    one-hot vectors nn.GRU is handed where the ``torch`` backend may run (reset-after only)."""
+    one-hot vectors PyTorch's kernels are handed where the ``torch`` backend may run them
+    (nn.GRU for a reset-after GRU, nn.RNN, nn.LSTM; minGRU's scan gathers rows)."""
     if config.input_kind == "embedding":
         return config.input_size
-    if config.variant == "reset_after" and config.backend in ("auto", "torch"):
+    kernel = config.cell in ("rnn", "lstm") or (
+        config.cell == "gru" and config.variant == "reset_after" and config.gates == "both")
+    if kernel and config.backend in ("auto", "torch"):
         return config.vocab_size
     return 0
 
@@ -245,8 +252,8 @@ def check_fits(needed: int, what: str, hint: str, *, device: torch.device | str 
 
 
 def describe(config: GRUConfig, batch_size: int, num_steps: int) -> str:
-    """``"a 1×100000 GRU with batch 32 × 35"``: layers × hidden size, and the batch."""
-    return (f"a {config.num_layers}×{config.hidden_size} GRU with batch "
+    """``"a 1×100000 GRU with batch 32 × 35"``: layers × hidden size, the cell, the batch."""
+    return (f"a {config.num_layers}×{config.hidden_size} {NAMES[config.cell]} with batch "
             f"{batch_size:,} × {num_steps:,}")
 
 

@@ -1,13 +1,16 @@
-"""GRU recurrence backends: one function signature, one parameter layout, one switch.
+"""Recurrence backends: one function signature per cell, one parameter layout, one switch.
 
-Every backend provides ``gru_layer(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, *,
-reset_after) -> (outputs, h_T)`` with the shapes of :func:`grulm.backends.reference.gru_layer`
-and ``torch.nn.GRU``'s parameter layout (gates r, z, n). A backend may also provide
-single-step decoding for generation, ``decode_step(params, x_ids, h) -> (logits, h)`` over a
-model's own parameters (:class:`~grulm.backends.decode.DecodeParams`), whose readable
+A backend provides layer functions for the cells it implements (:mod:`grulm.cells`): a GRU's
+``gru_layer(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, *, reset_after) -> (outputs,
+h_T)`` (plus ``gates=`` where it implements the ablations), ``rnn_layer`` with the same
+arguments, ``lstm_layer`` with the pair ``(h0, c0)`` in and ``(h_T, c_T)`` out, and
+``mingru_layer(x, h0, weight_ih, bias_ih)``, with the shapes of :mod:`grulm.backends.reference`
+and the layout of :mod:`grulm.cells` (``torch.nn.GRU``/``RNN``/``LSTM``'s). A backend may also
+provide single-step decoding for generation, ``decode_step(params, x_ids, h) -> (logits, h)``
+over a model's own parameters (:class:`~grulm.backends.decode.DecodeParams`), whose readable
 reference is :func:`grulm.backends.reference.decode_step`. :func:`resolve` turns a backend
-name (or ``"auto"``) into a :class:`Backend`, checking that it supports the variant, device,
-dtype and capability asked for.
+name (or ``"auto"``) into a :class:`Backend`, checking that it supports the cell, gates,
+variant, device, dtype and capability asked for.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from grulm.backends import cpu, reference, torch_gru
+from grulm.backends import cpu, mingru, reference, torch_gru, torch_rnn
 from grulm.backends.decode import DecodeParams
+from grulm.cells import CELLS, GATES, NAMES
 from grulm.errors import ConfigError
 
 LayerFn = Callable[..., tuple[Tensor, Tensor]]
 DecodeFn = Callable[[DecodeParams, Tensor, Tensor], tuple[Tensor, Tensor]]
 GreedyFn = Callable[[DecodeParams, Tensor, Tensor, int], tuple[Tensor, Tensor]]
-CAPABILITIES = ("gru_layer", "decode_step")
+CAPABILITIES = ("layer", "decode_step")
 
 
 @dataclass(frozen=True)
@@ -35,8 +39,12 @@ class Backend:
 
     Attributes:
         name: the name users pass as ``backend=``.
-        gru_layer: the layer function (see the module docstring).
+        gru_layer, rnn_layer, lstm_layer, mingru_layer: the layer function of each cell (see
+            the module docstring), or None where it does not implement the cell.
         variants: the GRU variants it implements.
+        gates: the GRU gate sets it implements (:data:`grulm.cells.GATES`; ``both``: no
+            ablation).
+        decode_cells: the cells its ``decode_step`` decodes.
         device_types: the ``torch.device.type`` values it runs on.
         description: one line for ``--help`` and ``grulm info``.
         unavailable: returns why the backend cannot run on this machine, or None if it can.
@@ -59,10 +67,15 @@ class Backend:
     """
 
     name: str
-    gru_layer: LayerFn
+    gru_layer: LayerFn | None
     variants: tuple[str, ...]
     device_types: tuple[str, ...]
     description: str
+    rnn_layer: LayerFn | None = None
+    lstm_layer: LayerFn | None = None
+    mingru_layer: LayerFn | None = None
+    gates: tuple[str, ...] = ("both",)
+    decode_cells: tuple[str, ...] = ("gru",)
     unavailable: Callable[[], str | None] = field(default=lambda: None)
     gathers_token_rows: bool = False
     head_loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor] | None = None
@@ -71,35 +84,69 @@ class Backend:
     decode_greedy: GreedyFn | None = None
     dtypes: tuple[torch.dtype, ...] | None = None
 
+    def layer(self, cell: str) -> LayerFn | None:
+        """The layer function of ``cell``, or None."""
+        return getattr(self, f"{cell}_layer")
+
+    def cells(self, capability: str = "layer") -> tuple[str, ...]:
+        """The cells it runs layers of (``layer``) or decodes (``decode_step``)."""
+        if capability == "decode_step":
+            return self.decode_cells if self.decode_step is not None else ()
+        return tuple(cell for cell in CELLS if self.layer(cell) is not None)
+
     def unsupported(
         self,
         variant: str,
         device_type: str,
         dtype: torch.dtype | None = None,
-        capability: str = "gru_layer",
+        capability: str = "layer",
+        *,
+        cell: str = "gru",
+        gates: str = "both",
     ) -> str | None:
         """Why this backend cannot run ``variant`` on ``device_type`` (in ``dtype``, providing
-        ``capability``), or None if it can."""
-        return self.refuses(variant, device_type, dtype, capability) or self.unavailable()
+        ``capability`` for ``cell`` with ``gates``), or None if it can."""
+        return (self.refuses(variant, device_type, dtype, capability, cell=cell, gates=gates)
+                or self.unavailable())
 
     def refuses(
         self,
         variant: str,
         device_type: str,
         dtype: torch.dtype | None = None,
-        capability: str = "gru_layer",
+        capability: str = "layer",
+        *,
+        cell: str = "gru",
+        gates: str = "both",
     ) -> str | None:
         """Like :meth:`unsupported`, but from what the backend implements alone: never builds
         or loads anything to find out whether this machine can run it."""
-        if getattr(self, capability) is None:
-            return f"backend {self.name!r} provides no {capability}"
-        if variant not in self.variants:
+        reason = self.refuses_cell(cell, gates, capability)
+        if reason is not None:
+            return reason
+        if cell == "gru" and variant not in self.variants:
             return f"backend {self.name!r} implements only variant {' / '.join(self.variants)}"
         if device_type not in self.device_types:
             return f"backend {self.name!r} runs only on {' / '.join(self.device_types)}"
         if dtype is not None and self.dtypes is not None and dtype not in self.dtypes:
             names = " / ".join(str(d).removeprefix("torch.") for d in self.dtypes)
             return f"backend {self.name!r} computes only in {names}"
+        return None
+
+    def refuses_cell(self, cell: str, gates: str = "both",
+                     capability: str = "layer") -> str | None:  # fmt: skip
+        """Why this backend cannot run (or decode) ``cell`` with ``gates``, naming the
+        backends that can; None if it can."""
+        if capability == "decode_step" and self.decode_step is None:
+            return f"backend {self.name!r} provides no decode_step"
+        if cell not in self.cells(capability):
+            what = "decodes" if capability == "decode_step" else "implements"
+            own = " / ".join(NAMES[c] for c in self.cells(capability))
+            return (f"backend {self.name!r} {what} only the {own} cell; the {NAMES[cell]} cell "
+                    f"runs on: {supporting(cell, gates, capability)}")
+        if gates not in self.gates:
+            return (f"backend {self.name!r} implements no GRU gate ablations (gates {gates!r}); "
+                    f"they run on: {supporting(cell, gates)}")
         return None
 
 
@@ -122,8 +169,13 @@ register(
         gru_layer=reference.gru_layer,
         variants=("reset_before", "reset_after"),
         device_types=("cpu", "cuda", "mps"),
-        description="readable Python time loop under autograd (the oracle)",
+        description="readable Python time loops under autograd, every cell (the oracle)",
+        rnn_layer=reference.rnn_layer,
+        lstm_layer=reference.lstm_layer,
+        mingru_layer=mingru.mingru_sequential,
+        gates=GATES,
         decode_step=reference.decode_step,
+        decode_cells=CELLS,
     ),
     auto_rank=0,
 )
@@ -133,7 +185,11 @@ register(
         gru_layer=torch_gru.gru_layer,
         variants=("reset_after",),
         device_types=("cpu", "cuda", "mps"),
-        description="PyTorch's nn.GRU kernel (cuDNN on a GPU), reset_after only",
+        description="PyTorch's nn.GRU (reset_after only), nn.RNN and nn.LSTM kernels (cuDNN "
+        "on a GPU); minGRU's parallel scan",
+        rnn_layer=torch_rnn.rnn_layer,
+        lstm_layer=torch_rnn.lstm_layer,
+        mingru_layer=mingru.mingru_scan,
     ),
     auto_rank=0,
 )
@@ -163,20 +219,29 @@ def backend_names() -> list[str]:
     return ["auto", *BACKENDS]
 
 
+def supporting(cell: str, gates: str = "both", capability: str = "layer") -> str:
+    """The backends that run (or decode) ``cell`` with ``gates``, as a list for messages."""
+    names = [name for name, backend in BACKENDS.items()
+             if cell in backend.cells(capability) and gates in backend.gates]
+    return ", ".join([*names, "auto"])
+
+
 def resolve(
     name: str,
     variant: str,
     device: torch.device | str,
     *,
     dtype: torch.dtype | None = None,
-    capability: str = "gru_layer",
+    capability: str = "layer",
+    cell: str = "gru",
+    gates: str = "both",
 ) -> Backend:
     """Pick the backend for a model, or for decoding with it (``capability='decode_step'``).
 
     ``auto`` takes the first backend in :data:`AUTO_ORDER` that provides ``capability`` for
-    the variant, device and dtype; if a faster one is unavailable on this machine (say its
-    extension could not be built), it warns once, saying why and what to install, and falls
-    back to the next.
+    the cell, gates, variant, device and dtype; if a faster one is unavailable on this
+    machine (say its extension could not be built), it warns once, saying why and what to
+    install, and falls back to the next.
 
     Raises:
         ConfigError: an unknown name, or a named backend that cannot do what is asked.
@@ -187,18 +252,21 @@ def resolve(
     if name == "auto":
         for candidate in AUTO_ORDER:
             backend = BACKENDS[candidate]
-            if backend.refuses(variant, device_type, dtype, capability) is not None:
+            if backend.refuses(variant, device_type, dtype, capability, cell=cell,
+                               gates=gates) is not None:
                 continue
             reason = backend.unavailable()
             if reason is None:
                 return backend
             _warn_once(f"grulm: backend {candidate!r} is unavailable ({reason}); falling back")
-        raise ConfigError(f"no backend supports variant {variant!r} on device {device_type!r}")
+        raise ConfigError(f"no backend supports the {NAMES[cell]} cell (variant {variant!r}, "
+                          f"gates {gates!r}) on device {device_type!r}")
     if name not in BACKENDS:
         raise ConfigError(
             f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}"
         )
-    reason = BACKENDS[name].unsupported(variant, device_type, dtype, capability)
+    reason = BACKENDS[name].unsupported(variant, device_type, dtype, capability, cell=cell,
+                                        gates=gates)
     if reason is not None:
         raise ConfigError(f"{reason}; use backend='auto' to pick one that can")
     return BACKENDS[name]

@@ -9,7 +9,7 @@ from torch import Tensor
 
 @dataclass(frozen=True, eq=False)
 class DecodeParams:
-    """A GRU language model's parameters in ``torch.nn.GRU``'s layout, for decoding.
+    """A language model's parameters in :mod:`grulm.cells`' layout, for decoding.
 
     The model's own tensors, detached: views of the same memory (no copy, so a model trained
     or reloaded in place between two steps is read as it is now) that carry no autograd
@@ -17,19 +17,22 @@ class DecodeParams:
     from a :class:`grulm.model.GRULM`.
 
     Attributes:
-        layers: per layer ``(weight_ih (3H, I), weight_hh (3H, H), bias_ih (3H,),
-            bias_hh (3H,))``, gates ordered r, z, n; layer 0's I is the vocabulary size V for
-            one-hot input, else the embedding size.
+        layers: per layer ``(weight_ih (G·H, I), weight_hh (G·H, H), bias_ih (G·H,),
+            bias_hh (G·H,))`` (a minGRU's: ``(weight_ih, bias_ih)``), G blocks as the cell
+            has (a GRU's: gates r, z, n); layer 0's I is the vocabulary size V for one-hot
+            input, else the embedding size.
         head_weight: (V, H); head_bias: (V,).
         embedding: (V, I), or None for one-hot input.
-        reset_after: the cuDNN variant if True, the textbook (reset-before) one if False.
+        cell, gates, variant: the model's (see :class:`grulm.model.GRUConfig`).
     """
 
-    layers: tuple[tuple[Tensor, Tensor, Tensor, Tensor], ...]
+    layers: tuple[tuple[Tensor, ...], ...]
     head_weight: Tensor
     head_bias: Tensor
     embedding: Tensor | None
-    reset_after: bool
+    cell: str = "gru"
+    gates: str = "both"
+    variant: str = "reset_before"
 
     def __post_init__(self) -> None:
         detached = tuple(tuple(t.detach() for t in layer) for layer in self.layers)
@@ -45,17 +48,25 @@ class DecodeParams:
 
     @classmethod
     def of(cls, model) -> DecodeParams:
-        """A :class:`grulm.model.GRULM`'s parameters (``gru.layer(k)``, ``head``,
-        ``embedding``, ``config.variant``), detached."""
+        """A :class:`grulm.model.GRULM`'s parameters (``recurrent.layer(k)``, ``head``,
+        ``embedding``, the config's cell, gates and variant), detached."""
+        config = model.config
         return cls(
-            layers=tuple(model.gru.layer(k) for k in range(model.config.num_layers)),
+            layers=tuple(model.recurrent.layer(k) for k in range(config.num_layers)),
             head_weight=model.head.weight,
             head_bias=model.head.bias,
             embedding=None if model.embedding is None else model.embedding.weight,
-            reset_after=model.config.variant == "reset_after",
+            cell=config.cell,
+            gates=config.gates,
+            variant=config.variant,
         )
 
+    @property
+    def reset_after(self) -> bool:
+        """The cuDNN GRU variant if True, the textbook (reset-before) one if False."""
+        return self.variant == "reset_after"
+
     def tensors(self) -> list[Tensor]:
-        """Every tensor in one list: the layers' four in order, the head's weight and bias,
+        """Every tensor in one list: each layer's in order, the head's weight and bias,
         then the embedding if there is one."""
         return self._tensors

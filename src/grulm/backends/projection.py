@@ -23,3 +23,11 @@ def project_inputs(x: Tensor, weight_ih: Tensor, bias_ih: Tensor) -> Tensor:
     if x.dtype == torch.int64:
         return torch.nn.functional.embedding(x, weight_ih.T) + bias_ih
     return torch.nn.functional.linear(x, weight_ih, bias_ih)
+
+
+def as_features(x: Tensor, weight_ih: Tensor) -> Tensor:
+    """Token ids as float one-hot vectors (B, T, V) in ``weight_ih``'s dtype, for PyTorch's
+    kernels, which take features only; features (B, T, I) as they are."""
+    if x.dtype == torch.int64:
+        return torch.nn.functional.one_hot(x, weight_ih.shape[1]).to(weight_ih.dtype)
+    return x

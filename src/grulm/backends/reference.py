@@ -1,21 +1,33 @@
-"""The reference backend: one GRU layer as a plain Python time loop under autograd.
+"""The reference backend: each cell's layer as a plain Python time loop under autograd.
 
-It is the readable oracle for every fast backend: same parameters (``torch.nn.GRU``'s layout,
-gates ordered r, z, n), same signature (see :mod:`grulm.backends`), both variants:
+It is the readable oracle for every fast backend: same parameters (the layout of
+:mod:`grulm.cells`), same signatures (see :mod:`grulm.backends`), one line per equation.
 
-- reset-before (d2l §9.1, Cho et al. v3)::
+- GRU, reset-before (d2l §9.1, Cho et al. v3), gates ordered r, z, n::
 
       R = σ(x W_ir + b_ir + h W_hr + b_hr)
       Z = σ(x W_iz + b_iz + h W_hz + b_hz)
       H~ = tanh(x W_in + b_in + (R ⊙ h) W_hn + b_hn)
       h' = Z ⊙ h + (1 − Z) ⊙ H~
 
-- reset-after (cuDNN, ``torch.nn.GRU``)::
+- GRU, reset-after (cuDNN, ``torch.nn.GRU``)::
 
       H~ = tanh(x W_in + b_in + R ⊙ (h W_hn + b_hn))
 
-:func:`gru_cell` is one step of it, :func:`gru_layer` a sequence, and :func:`decode_step`
-one token per sequence through a whole language model (single-step decoding for generation).
+  and its gate ablations: ``update`` (R ≡ 1), ``reset`` (Z ≡ 0), ``none`` (both: a plain RNN).
+- RNN (d2l §8.5): ``h' = tanh(x W_ih + b_ih + h W_hh + b_hh)``.
+- LSTM (d2l §9.2), gates ordered i, f, g, o (``torch.nn.LSTM``'s)::
+
+      I = σ(x W_ii + b_ii + h W_hi + b_hi)      input gate
+      F = σ(x W_if + b_if + h W_hf + b_hf)      forget gate
+      C~ = tanh(x W_ig + b_ig + h W_hg + b_hg)  candidate memory
+      O = σ(x W_io + b_io + h W_ho + b_ho)      output gate
+      c' = F ⊙ c + I ⊙ C~;  h' = O ⊙ tanh(c')
+
+- minGRU: :mod:`grulm.backends.mingru` (its sequential form is the reference).
+
+:func:`decode_step` feeds one token per sequence through a whole language model of any cell
+(single-step decoding for generation).
 """
 
 from __future__ import annotations
@@ -25,38 +37,46 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from grulm.backends.decode import DecodeParams
+from grulm.backends.mingru import mingru_sequential
 from grulm.backends.projection import project_inputs
+from grulm.backends.stack import run_layers
+from grulm.cells import GRU_BLOCKS, layer_options
 
 
 def gru_cell(
     X: Tensor,
     H: Tensor,
-    W_h: tuple[Tensor, Tensor, Tensor],
-    b_h: tuple[Tensor, Tensor, Tensor],
+    W_h: tuple[Tensor, ...],
+    b_h: tuple[Tensor, ...],
     *,
     reset_after: bool,
+    gates: str = "both",
 ) -> Tensor:
     """One step of one GRU layer.
 
     Args:
-        X: (B, 3H) the step's input projection ``x W_ih^T + b_ih``, gates r, z, n.
+        X: (B, G·H) the step's input projection ``x W_ih^T + b_ih``, the kept gates' blocks in
+            the order r, z, n (G = 3, or fewer with ``gates`` ablated).
         H: (B, H) the state before the step.
-        W_h: ``(W_hr, W_hz, W_hn)``, each (H, H): ``weight_hh`` in three.
-        b_h: ``(b_hr, b_hz, b_hn)``, each (H,): ``bias_hh`` in three.
+        W_h: ``(W_hr, W_hz, W_hn)`` (the kept ones), each (H, H): ``weight_hh`` in G.
+        b_h: ``(b_hr, b_hz, b_hn)`` (the kept ones), each (H,): ``bias_hh`` in G.
         reset_after: the cuDNN variant if True, the textbook (reset-before) one if False.
+        gates: ``both``; ``update``: no reset gate, R ≡ 1; ``reset``: no update gate, Z ≡ 0;
+            ``none``: neither, ``H = tanh(X_n + H W_hn + b_hn)``, the plain RNN.
 
     Returns:
         (B, H) the state after the step.
     """
-    W_hr, W_hz, W_hn = W_h
-    b_hr, b_hz, b_hn = b_h
-    X_r, X_z, X_n = X.chunk(3, dim=-1)  # each (B, H)
-    R = torch.sigmoid(X_r + H @ W_hr.T + b_hr)  # (B, H) reset gate
-    Z = torch.sigmoid(X_z + H @ W_hz.T + b_hz)  # (B, H) update gate
+    blocks = GRU_BLOCKS[gates]
+    X_g = dict(zip(blocks, X.chunk(len(blocks), dim=-1), strict=True))  # each (B, H)
+    W_g = dict(zip(blocks, W_h, strict=True))  # each (H, H)
+    b_g = dict(zip(blocks, b_h, strict=True))  # each (H,)
+    R = torch.sigmoid(X_g["r"] + H @ W_g["r"].T + b_g["r"]) if "r" in blocks else 1  # (B, H)
+    Z = torch.sigmoid(X_g["z"] + H @ W_g["z"].T + b_g["z"]) if "z" in blocks else 0  # (B, H)
     if reset_after:
-        H_tilde = torch.tanh(X_n + R * (H @ W_hn.T + b_hn))  # (B, H)
+        H_tilde = torch.tanh(X_g["n"] + R * (H @ W_g["n"].T + b_g["n"]))  # (B, H)
     else:
-        H_tilde = torch.tanh(X_n + (R * H) @ W_hn.T + b_hn)  # (B, H)
+        H_tilde = torch.tanh(X_g["n"] + (R * H) @ W_g["n"].T + b_g["n"])  # (B, H)
     return Z * H + (1 - Z) * H_tilde  # (B, H)
 
 
@@ -69,51 +89,126 @@ def gru_layer(
     bias_hh: Tensor,
     *,
     reset_after: bool,
+    gates: str = "both",
 ) -> tuple[Tensor, Tensor]:
     """Run one GRU layer over a whole sequence, one time step per loop iteration.
 
     Args:
         x: (B, T) int64 token ids (one-hot input) or (B, T, I) features.
         h0: (B, H) initial state.
-        weight_ih: (3H, V) or (3H, I); weight_hh: (3H, H); bias_ih, bias_hh: (3H,).
+        weight_ih: (G·H, V) or (G·H, I); weight_hh: (G·H, H); bias_ih, bias_hh: (G·H,);
+            G = 3, or the blocks ``gates`` keeps (see :func:`gru_cell`).
         reset_after: the cuDNN variant if True, the textbook (reset-before) one if False.
 
     Returns:
         outputs (B, T, H), the state after every step; h_T (B, H), the final state.
     """
-    inputs = project_inputs(x, weight_ih, bias_ih)  # (B, T, 3H): x W_i + b_i for all steps at once
-    W_h = weight_hh.chunk(3)  # (W_hr, W_hz, W_hn), each (H, H)
-    b_h = bias_hh.chunk(3)  # (b_hr, b_hz, b_hn), each (H,)
+    rows = len(GRU_BLOCKS[gates])
+    inputs = project_inputs(x, weight_ih, bias_ih)  # (B, T, G·H): x W_i + b_i for all steps
+    W_h = weight_hh.chunk(rows)  # (W_hr, W_hz, W_hn), each (H, H)
+    b_h = bias_hh.chunk(rows)  # (b_hr, b_hz, b_hn), each (H,)
     H = h0
     outputs = []
     for X in inputs.unbind(1):
-        H = gru_cell(X, H, W_h, b_h, reset_after=reset_after)  # (B, H)
+        H = gru_cell(X, H, W_h, b_h, reset_after=reset_after, gates=gates)  # (B, H)
         outputs.append(H)
     return torch.stack(outputs, dim=1), H
 
 
-def decode_step(params: DecodeParams, x_ids: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+def rnn_layer(
+    x: Tensor, h0: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor,
+    bias_hh: Tensor,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One plain tanh RNN layer over a sequence (d2l §8.5).
+
+    Args:
+        x: (B, T) int64 token ids or (B, T, I) features; h0: (B, H).
+        weight_ih: (H, V) or (H, I); weight_hh: (H, H); bias_ih, bias_hh: (H,).
+
+    Returns:
+        outputs (B, T, H) and h_T (B, H).
+    """
+    inputs = project_inputs(x, weight_ih, bias_ih)  # (B, T, H): x W_xh + b for all steps
+    H = h0
+    outputs = []
+    for X in inputs.unbind(1):
+        H = torch.tanh(X + H @ weight_hh.T + bias_hh)  # (B, H)
+        outputs.append(H)
+    return torch.stack(outputs, dim=1), H
+
+
+def lstm_cell(
+    X: Tensor, state: tuple[Tensor, Tensor], W_h: tuple[Tensor, ...], b_h: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor]:
+    """One step of one LSTM layer.
+
+    Args:
+        X: (B, 4H) the step's input projection ``x W_ih^T + b_ih``, gates i, f, g, o.
+        state: ``(H, C)``, each (B, H): the hidden state and the memory cell.
+        W_h: ``(W_hi, W_hf, W_hg, W_ho)``, each (H, H); b_h: ``(b_hi, b_hf, b_hg, b_ho)``.
+
+    Returns:
+        ``(H, C)`` after the step, each (B, H).
+    """
+    H, C = state
+    W_hi, W_hf, W_hg, W_ho = W_h
+    b_hi, b_hf, b_hg, b_ho = b_h
+    X_i, X_f, X_g, X_o = X.chunk(4, dim=-1)  # each (B, H)
+    I = torch.sigmoid(X_i + H @ W_hi.T + b_hi)  # noqa: E741  (B, H) input gate
+    F_ = torch.sigmoid(X_f + H @ W_hf.T + b_hf)  # (B, H) forget gate
+    C_tilde = torch.tanh(X_g + H @ W_hg.T + b_hg)  # (B, H) candidate memory
+    O = torch.sigmoid(X_o + H @ W_ho.T + b_ho)  # noqa: E741  (B, H) output gate
+    C = F_ * C + I * C_tilde  # (B, H)
+    return O * torch.tanh(C), C  # (B, H), (B, H)
+
+
+def lstm_layer(
+    x: Tensor, state0: tuple[Tensor, Tensor], weight_ih: Tensor, weight_hh: Tensor,
+    bias_ih: Tensor, bias_hh: Tensor,
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:  # fmt: skip
+    """One LSTM layer over a sequence (d2l §9.2).
+
+    Args:
+        x: (B, T) int64 token ids or (B, T, I) features.
+        state0: ``(h0, c0)``, each (B, H).
+        weight_ih: (4H, V) or (4H, I); weight_hh: (4H, H); bias_ih, bias_hh: (4H,).
+
+    Returns:
+        outputs (B, T, H) (the hidden states) and ``(h_T, c_T)``, each (B, H).
+    """
+    inputs = project_inputs(x, weight_ih, bias_ih)  # (B, T, 4H)
+    W_h, b_h = weight_hh.chunk(4), bias_hh.chunk(4)
+    state = state0
+    outputs = []
+    for X in inputs.unbind(1):
+        state = lstm_cell(X, state, W_h, b_h)  # (H, C), each (B, H)
+        outputs.append(state[0])
+    return torch.stack(outputs, dim=1), state
+
+
+LAYERS = {"gru": gru_layer, "rnn": rnn_layer, "lstm": lstm_layer, "mingru": mingru_sequential}
+
+
+def decode_step(params: DecodeParams, x_ids: Tensor, h):
     """Feed one token per sequence (or a few, in order) through every layer and the head.
 
     Single-step decoding as the model computes it: the input (a one-hot row of ``W_ih``, or
-    an embedding), :func:`gru_cell` per layer, the linear head. Dropout is not applied
-    (generation runs the model as in eval mode).
+    an embedding), this module's layer of the model's cell per layer, the linear head.
+    Dropout is not applied (generation runs the model as in eval mode).
 
     Args:
         params: the model's parameters (see :class:`grulm.backends.decode.DecodeParams`).
         x_ids: (N,) int64, one token per sequence; or (N, T), T tokens fed in order (a prefix
             in one call).
-        h: (L, N, H) the state before them.
+        h: (L, N, H) the state before them (an LSTM's: the pair (h, c)).
 
     Returns:
-        logits (N, V) for the token after the last one fed, and the state then, (L, N, H).
+        logits (N, V) for the token after the last one fed, and the state then.
     """
     x = x_ids if x_ids.dim() == 2 else x_ids[:, None]  # (N, T) ids
     if params.embedding is not None:
         x = F.embedding(x, params.embedding)  # (N, T, E)
-    states = []
-    for (W_ih, W_hh, b_ih, b_hh), h_k in zip(params.layers, h, strict=True):
-        x, h_k = gru_layer(x, h_k, W_ih, W_hh, b_ih, b_hh, reset_after=params.reset_after)
-        states.append(h_k)  # x: (N, T, H), h_k: (N, H)
+    options = layer_options(params.cell, params.gates, params.variant)
+    x, state = run_layers(LAYERS[params.cell], x, h, params.layers, options)  # (N, T, H)
     logits = F.linear(x[:, -1], params.head_weight, params.head_bias)  # (N, V)
-    return logits, torch.stack(states)
+    return logits, state

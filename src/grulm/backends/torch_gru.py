@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from grulm.backends.projection import as_features
 from grulm.errors import ConfigError
 
 
@@ -29,10 +30,8 @@ def gru_layer(
             "the 'torch' backend (torch.nn.GRU / cuDNN) implements only variant='reset_after'; "
             "use backend='reference' (or 'auto') for the textbook's reset_before GRU"
         )
-    if x.dtype == torch.int64:
-        x = torch.nn.functional.one_hot(x, weight_ih.shape[1]).to(weight_ih.dtype)  # (B, T, V)
     outputs, h_n = torch.gru(
-        x,
+        as_features(x, weight_ih),  # (B, T, V) float one-hot, or (B, T, I)
         h0.unsqueeze(0).contiguous(),
         [weight_ih, weight_hh, bias_ih, bias_hh],
         True,  # has_biases

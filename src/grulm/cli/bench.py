@@ -11,6 +11,7 @@ import sys
 import torch
 
 from grulm import bench
+from grulm.cells import CELLS, GATES, cell_label
 from grulm.errors import ConfigError
 
 CONFIGS = {"seed": bench.SEED, "large": bench.LARGE}
@@ -32,6 +33,10 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--variant", choices=["reset_before", "reset_after"],
                         help="override the configurations' GRU variant")
+    parser.add_argument("--cell", metavar="|".join(CELLS),
+                        help="benchmark this cell instead of the GRU (the baseline stays nn.GRU)")
+    parser.add_argument("--gates", metavar="|".join(GATES),
+                        help="a GRU's gates: both (default), update, reset, none")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     timing.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
@@ -59,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     reports = []
     for name in names:
         config = CONFIGS[name]
-        if args.variant is not None:
-            config = bench.BenchConfig(**{**config.__dict__, "variant": args.variant})
+        overrides = {name: getattr(args, name) for name in ("variant", "cell", "gates")
+                     if getattr(args, name) is not None}
+        config = bench.BenchConfig(**{**config.__dict__, **overrides})
         batches = args.batches or (10 if name == "seed" else 2)
         load_before = _load_average()
         report = bench.run(config, device=args.device, batches=batches, warmup=args.warmup,
@@ -104,7 +110,8 @@ def _load_average() -> float | None:
 def _table(report: bench.Report) -> str:
     c = report.config
     lines = [
-        f"{c.name}: {c.num_layers}×{c.hidden_size} {c.variant} GRU, {c.input_kind} input, "
+        f"{c.name}: {c.num_layers}×{c.hidden_size} {cell_label(c.cell, c.gates, c.variant)}, "
+        f"{c.input_kind} input, "
         f"V={c.vocab_size}, B={c.batch_size}, T={c.num_steps}; {report.device}, "
         f"{report.threads} threads; median of {report.repeats} rounds × {report.batches} steps",
         f"{'contender':<16} {'tokens/s':>10} {'× nn.GRU':>9}   {'min–max':>17}",

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from grulm import memory
+from grulm.cells import NAMES
 from grulm.checkpoint import load_checkpoint
 from grulm.cli import warnings_as_lines
 from grulm.data.sources import read_prime_text
@@ -212,7 +213,7 @@ def _check_memory(config, args: argparse.Namespace, device: torch.device) -> Non
     memory.check_fits(
         needed - memory.parameter_bytes(config),  # the model is in memory already
         f"generating {rows:,} {noun} of {args.num_preds:,} tokens with a "
-        f"{config.num_layers}×{config.hidden_size} GRU",
+        f"{config.num_layers}×{config.hidden_size} {NAMES[config.cell]}",
         hint,
         device=device,
     )

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         f"checkpoint   {checkpoint.directory}",
         f"format       v{meta.format_version}, written by grulm "
         f"{_short(version)} on {_short(created)}",
-        f"model        {config.num_layers}×{config.hidden_size} {config.variant} GRU, "
+        f"model        {config.num_layers}×{config.hidden_size} {config.cell_label}, "
         f"{config.input_kind} input, dropout {config.dropout}, init {config.init}, "
         f"backend {config.backend}; {num_parameters:,} parameters",
         f"vocab        {len(vocab)} tokens: {tokens}{more}",

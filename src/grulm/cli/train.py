@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from grulm import backends
+from grulm.cells import CELLS, GATES
 from grulm.cli.train_output import EXIT_ON_SIGNAL, Printer, SignalStop
 from grulm.data.text import CLEANINGS, TOKENS
 from grulm.distributed import DEFAULT_TIMEOUT_S, World
@@ -62,7 +63,11 @@ def add_parser(subparsers) -> None:
          ("--embedding-size", {"type": int, "help": "for --input embedding; none: hidden size"}),
          ("--dropout", {"type": float, "help": "between layers"}),
          ("--init", {"choices": INITS, "help": "d2l: randn*0.01; torch: nn.GRU's uniform"}),
-         ("--backend", {"choices": backends.backend_names(), "help": "auto: the fastest"}))
+         ("--backend", {"choices": backends.backend_names(), "help": "auto: the fastest that "
+                        "runs the cell"}),
+         ("--cell", {"metavar": "|".join(CELLS), "help": "the recurrent cell"}),
+         ("--gates", {"metavar": "|".join(GATES), "help": "a GRU's gates; update: R≡1, reset: "
+                      "Z≡0, none: a plain RNN"}))
     _add(parser, "optimisation", *[(f"--{n}", {"type": t}) for n, t in (
         ("epochs", int), ("batch-size", int), ("num-steps", int), ("lr", float), ("clip", float),
         ("seed", int), ("weight-decay", float), ("beta1", float), ("beta2", float),

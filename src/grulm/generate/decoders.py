@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from grulm import backends
 from grulm.backends.decode import DecodeParams
+from grulm.cells import State, map_state, state_tensors
 from grulm.model import GRULM
 
 
@@ -20,12 +21,13 @@ class ModelStepDecoder:
 
     Args:
         model: ``model(inputs (B, T) int64, state (L, B, H)) -> (logits (B, T, V), state)``.
-        state: (L, N, H) the state after the warm-up, one row per sequence.
+        state: (L, N, H) the state after the warm-up, one row per sequence (an LSTM's: the
+            pair (h, c)).
     """
 
     xp = torch
 
-    def __init__(self, model: nn.Module, state: Tensor) -> None:
+    def __init__(self, model: nn.Module, state: State) -> None:
         self.model = model
         self.state = state
 
@@ -44,7 +46,7 @@ class ModelStepDecoder:
 
     def reorder(self, index: Tensor) -> None:
         """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
-        self.state = self.state[:, index]
+        self.state = map_state(lambda s: s[:, index], self.state)
 
 
 class GRUStepDecoder:
@@ -68,14 +70,15 @@ class GRUStepDecoder:
 
     Args:
         model: the model.
-        state: (L, N, H) the state to start from, one row per sequence.
+        state: (L, N, H) the state to start from, one row per sequence (an LSTM's: the pair
+            (h, c)).
         backend: ``auto`` or the name of a backend that provides ``decode_step``.
 
     Raises:
         ConfigError: ``backend`` cannot decode this model here (with the reason).
     """
 
-    def __init__(self, model: GRULM, state: Tensor, *, backend: str = "auto") -> None:
+    def __init__(self, model: GRULM, state: State, *, backend: str = "auto") -> None:
         self.params = DecodeParams.of(model)
         weight = model.head.weight
         self.backend = backends.resolve(
@@ -84,15 +87,17 @@ class GRUStepDecoder:
             weight.device,
             dtype=weight.dtype,
             capability="decode_step",
+            cell=model.config.cell,
+            gates=model.config.gates,
         )
         self.device = weight.device
         numpy_ok = weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.float64)
         self.xp = np if numpy_ok else torch
-        self.h = state.detach()  # (L, N, H)
+        self.h = map_state(Tensor.detach, state)  # (L, N, H)
 
     @property
-    def state(self) -> Tensor:
-        """(L, N, H)."""
+    def state(self) -> State:
+        """(L, N, H) (an LSTM's: the pair (h, c))."""
         return self.h
 
     def array(self, values):
@@ -116,7 +121,8 @@ class GRUStepDecoder:
     def prefill(self, ids: Sequence[int]):
         """Feed the prefix ``ids`` to every sequence, in order, in ONE call of the backend's
         ``decode_step``; return the next-token logits (N, V)."""
-        tokens = torch.tensor([list(ids)] * self.h.shape[1], dtype=torch.int64, device=self.device)
+        rows = state_tensors(self.h)[0].shape[1]
+        tokens = torch.tensor([list(ids)] * rows, dtype=torch.int64, device=self.device)
         logits, self.h = self.backend.decode_step(self.params, tokens, self.h)
         return self._out(logits)
 
@@ -133,7 +139,8 @@ class GRUStepDecoder:
 
     def reorder(self, index) -> None:
         """Keep the sequences ``index`` (N',) names, in that order (beam search)."""
-        self.h = self.h[:, self._tensor(index)]
+        index = self._tensor(index)
+        self.h = map_state(lambda h: h[:, index], self.h)
 
 
 def greedy_steps(decoder, tokens, steps: int):

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from grulm.cells import map_state
 from grulm.checkpoint import CheckpointMeta, save_checkpoint
 from grulm.metrics_log import AuxiliaryFileWarning, MetricsLog
 from grulm.plot import save_perplexity_plot
@@ -117,7 +118,8 @@ class RunWriter(Hooks):
         check_finite(run.model, progress)  # never overwrite a good checkpoint with NaNs
         hidden = progress.hidden
         if hidden is not None:
-            hidden = run.world.gather_rows(hidden, dim=1)  # (L, B, H): every rank's rows
+            # every rank's rows of each (L, B, H) tensor
+            hidden = map_state(lambda h: run.world.gather_rows(h, dim=1), hidden)
         if not run.world.writes:
             return
         state, tensors = training_state(run.model, run.optimizer, run.schedule, progress,

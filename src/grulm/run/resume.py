@@ -8,6 +8,7 @@ groups and non-tensor entries, the schedule's state) and whose tensors file also
 =====================  ===============================================================
 ``state.optim.<i>.<k>``  optimiser state of parameter i (moments, step counts)
 ``state.hidden``         the carried hidden state (L, B, H), when stopped mid-epoch
+``state.hidden_cell``    an LSTM's carried memory cell c (L, B, H), beside it
 ``state.loss_sum``       the unfinished epoch's summed loss (float64)
 ``state.torch_rng``      ``torch.get_rng_state()`` (dropout draws from it)
 ``state.cuda_rng.<d>``   each CUDA device's generator state, when CUDA is in use
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from grulm.cells import State, state_tensors
 from grulm.checkpoint import METADATA_FILE, Checkpoint, DataInfo
 from grulm.data.vocab import Vocab
 from grulm.errors import CheckpointError, ConfigError
@@ -33,17 +35,19 @@ from grulm.optim import Schedule, load_optimizer_state, optimizer_state
 from grulm.run.spec import DataSpec, OutputSpec, RunSpec
 from grulm.train import BUDGET_FIELDS, Progress, TrainConfig
 
+HIDDEN_TENSORS = ("hidden", "hidden_cell")  # the state's tensors: h (and an LSTM's c)
+
 
 def training_state(
     model: GRULM, optimizer: torch.optim.Optimizer, schedule: Schedule, progress: Progress,
-    hidden: Tensor | None = None,
+    hidden: State | None = None,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:  # fmt: skip
     """The JSON (:attr:`~grulm.checkpoint.CheckpointMeta.training_state`) and the tensors that
     resume a run.
 
     Args:
-        hidden: the carried state of the whole batch (L, B, H) where ``progress.hidden``
-            holds one rank's rows; None: ``progress.hidden``.
+        hidden: the carried state of the whole batch (L, B, H) (an LSTM's: (h, c)) where
+            ``progress.hidden`` holds one rank's rows; None: ``progress.hidden``.
     """
     optim_tensors, optim_json = optimizer_state(optimizer)
     tensors = {f"optim.{k}": v for k, v in optim_tensors.items()}
@@ -53,7 +57,7 @@ def training_state(
             tensors[f"cuda_rng.{index}"] = state
     hidden = progress.hidden if hidden is None else hidden
     if hidden is not None:
-        tensors["hidden"] = hidden
+        tensors.update(zip(HIDDEN_TENSORS, state_tensors(hidden), strict=False))  # h (, c)
     if progress.loss_sum is not None:
         tensors["loss_sum"] = progress.loss_sum
     state = {"progress": progress.to_json(), "optimizer": optim_json,
@@ -87,11 +91,13 @@ def restore_training_state(
         cuda = sorted(k for k in tensors if k.startswith("cuda_rng."))
         if cuda and device.type == "cuda":
             torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
-        hidden = tensors.get("hidden")
+        hidden = tuple(tensors[name].to(device) for name in HIDDEN_TENSORS if name in tensors)
+        if hidden and len(hidden) != len(state_tensors(checkpoint.model.begin_state(1))):
+            raise KeyError("the hidden state's tensors do not match the cell")
         loss_sum = tensors.get("loss_sum")
         return Progress.from_json(
             state["progress"],
-            hidden=None if hidden is None else hidden.to(device),
+            hidden=(hidden if len(hidden) > 1 else hidden[0]) if hidden else None,
             loss_sum=None if loss_sum is None else loss_sum.to(device),
         )
     except (KeyError, TypeError, ValueError) as error:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from grulm.cells import map_state
 from grulm.checkpoint import Checkpoint, CheckpointMeta, DataInfo, load_checkpoint
 from grulm.compute import check_step_fits_time
 from grulm.data.batches import RowShare, check_batchable, epoch_batches
@@ -248,7 +249,8 @@ def _set_up(spec: RunSpec, checkpoint: Checkpoint | None, device: torch.device,
         progress = restore_training_state(checkpoint, optimizer, schedule, device)
         check_budget_left(progress, config)
         if progress.hidden is not None:
-            progress.hidden = world.rows(progress.hidden, dim=1).clone()  # this rank's rows
+            # this rank's rows of each (L, B, H) tensor
+            progress.hidden = map_state(lambda h: world.rows(h, dim=1).clone(), progress.hidden)
     else:
         progress = Progress.start(config.seed)
     if world.rank:  # dropout masks differ across ranks, reproducibly

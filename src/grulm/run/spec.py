@@ -81,6 +81,8 @@ class ModelSpec:
     dropout: float = _MODEL_DEFAULTS["dropout"]
     init: str = _MODEL_DEFAULTS["init"]
     backend: str = _MODEL_DEFAULTS["backend"]
+    cell: str = _MODEL_DEFAULTS["cell"]
+    gates: str = _MODEL_DEFAULTS["gates"]
 
     def __post_init__(self) -> None:
         # Refused here, not in GRUConfig: checkpoints written before this check may hold

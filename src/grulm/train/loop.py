@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from grulm.cells import State, map_state
 from grulm.data.batches import EpochBatches, rng_from_state, rng_state
 from grulm.distributed import World
 from grulm.errors import GrulmError
@@ -81,20 +82,21 @@ def build_step(
 
 
 def train_step(
-    model: GRULM, X: Tensor, Y: Tensor, state: Tensor, update: ClippedStep,
+    model: GRULM, X: Tensor, Y: Tensor, state: State, update: ClippedStep,
     world: World | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, State, Tensor]:  # fmt: skip
     """One optimiser step on one batch.
 
     Args:
         X, Y: (B, T) int64 inputs and next-token labels (this rank's rows of the batch).
-        state: (L, B, H) the state to start from (detached from any earlier graph).
+        state: (L, B, H) the state to start from (detached from any earlier graph; an
+            LSTM's: the pair (h, c)).
         update: clips the gradients and steps the optimiser (:func:`build_step`).
         world: the ranks sharing the batch: gradients and loss are averaged over them
             before clipping (:meth:`grulm.distributed.World.average`); None: this process.
 
     Returns:
-        The batch's mean loss (0-dim, over the whole batch), the final state (L, B, H, still
+        The batch's mean loss (0-dim, over the whole batch), the final state (as ``state``, still
         attached to this step's graph) and the gradient norm before clipping (0-dim), all on
         the device.
     """
@@ -231,10 +233,10 @@ def fit(
             if progress.hidden is None or config.partition == "random":
                 state = model.begin_state(X.shape[0])
             else:
-                state = progress.hidden.detach()  # carry the state, not its history
+                state = map_state(Tensor.detach, progress.hidden)  # not its history
             loss, state, grad_norm = train_step(model, X, Y, state, update, world)
             tokens = Y.numel() * world.size  # every rank holds as many rows
-            progress.hidden = state.detach()
+            progress.hidden = map_state(Tensor.detach, state)
             progress.loss_sum += loss * tokens
             progress.tokens += tokens
             progress.step += 1

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
+from grulm.cells import State
 from grulm.data.batches import rng_state
 
 
@@ -78,7 +79,8 @@ class Progress:
         seconds: training wall time so far, over every session of the run.
         rng_state: the data RNG's state from which the current (or next) epoch's batches are
             drawn (:func:`grulm.data.batches.rng_state`).
-        hidden: the carried state (L, B, H) after batch ``batch − 1``; None at an epoch start.
+        hidden: the carried state (L, B, H) (an LSTM's: the pair (h, c)) after batch
+            ``batch − 1``; None at an epoch start.
         loss_sum: the current epoch's summed token loss so far (float64, on the device).
         tokens: the current epoch's tokens so far.
         epoch_seconds: the current epoch's training time so far.
@@ -96,7 +98,7 @@ class Progress:
     step: int = 0
     seconds: float = 0.0
     rng_state: dict[str, Any] | None = None
-    hidden: Tensor | None = None
+    hidden: State | None = None
     loss_sum: Tensor | None = None
     tokens: int = 0
     epoch_seconds: float = 0.0
@@ -126,7 +128,7 @@ class Progress:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], hidden: Tensor | None,
+    def from_json(cls, data: dict[str, Any], hidden: State | None,
                   loss_sum: Tensor | None) -> Progress:  # fmt: skip
         data = dict(data)
         history = [EpochStats(**s) for s in data.pop("history")]
