@@ -78,4 +78,5 @@ def test_training_windows_span_the_distance_unless_told_otherwise():
     spec = RunSpec.from_preset("d2l", data="recall:200")
     assert spec.train.num_steps == 203
     assert spec.data.cleaning == "raw"
-    assert RunSpec.from_preset("recall", data="recall:150", num_steps=20).train.num_steps == 20
+    with pytest.warns(UserWarning, match=r"num_steps 20 is shorter than K \+ 3 = 153"):
+        assert RunSpec.from_preset("recall", data="recall:150", num_steps=20).train.num_steps == 20

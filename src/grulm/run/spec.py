@@ -18,6 +18,7 @@ is given, so that backpropagation spans a letter and its recall.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -165,6 +166,11 @@ class RunSpec:
         task = recall_task(changes.get("data", settings["data"]))
         if task is not None and "num_steps" not in changes:
             settings["num_steps"] = max(settings["num_steps"], task.min_num_steps)
+        elif task is not None and changes["num_steps"] < task.min_num_steps:
+            warnings.warn(f"num_steps {changes['num_steps']} is shorter than K + 3 = "
+                          f"{task.min_num_steps} steps of {task.name}: no gradient spans a "
+                          "letter and its recall, so the model can hardly learn it",
+                          stacklevel=2)
         return cls.from_settings({**settings, **changes}, preset=name)
 
     @classmethod
