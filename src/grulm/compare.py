@@ -129,6 +129,8 @@ class ValidationCurve(RunHook):
     Attributes:
         curve: ``(training seconds, step, validation nats)`` per evaluation.
         eval_seconds: time spent evaluating (not training).
+        last_step_seconds: training seconds when the last step ended (where the run's final
+            validation belongs).
         params: the model's trainable parameters (known from ``on_start``).
     """
 
@@ -136,6 +138,7 @@ class ValidationCurve(RunHook):
         self.points = points
         self.curve: list[tuple[float, int, float]] = []
         self.eval_seconds = 0.0
+        self.last_step_seconds = 0.0
         self.params = 0
 
     def on_start(self, run) -> None:
@@ -151,7 +154,8 @@ class ValidationCurve(RunHook):
         return time.perf_counter() - self.started - self.eval_seconds
 
     def on_step(self, progress, stats) -> None:
-        now = self.training_seconds() if self.by_time else stats.step
+        self.last_step_seconds = self.training_seconds()
+        now = self.last_step_seconds if self.by_time else stats.step
         if not self.marks or now < self.marks[0] or self.run.splits.val is None:
             return
         while self.marks and now >= self.marks[0]:
@@ -241,7 +245,7 @@ def compare(spec: RunSpec, names: Sequence[str], out: str | os.PathLike, *,
         # Training seconds: the epochs' time (no epoch-end validation) less the curve's.
         seconds = tokens / result.tokens_per_s - curve.eval_seconds if tokens else 0.0
         if result.val_loss is not None:
-            curve.curve.append((seconds, result.step, result.val_loss))
+            curve.curve.append((curve.last_step_seconds, result.step, result.val_loss))
         results.append(Contender(
             name=name, params=curve.params, hidden_size=contender_spec.model.hidden_size,
             steps=result.step, tokens_per_s=tokens / seconds if seconds > 0 else None,
