@@ -1,4 +1,4 @@
-"""Held-out evaluation: perplexity, nats and bits per token, with the state carried.
+"""Held-out evaluation: perplexity, nats and bits per token, recall accuracy, state carried.
 
 The split is cut into B parallel streams (:func:`grulm.data.batches.eval_batches`) read in
 windows of T tokens; each window starts from the state the previous one ended in, so every
@@ -8,18 +8,24 @@ as in training with the sequential partition. Every prediction is scored exactly
 In a data-parallel run each rank scores its contiguous share of the B streams and the sums are
 added up across the ranks, so the split is read once, in parallel, and every rank gets the
 same result (the one process's, up to the order of the float64 sum).
+
+On a ``recall:K`` stream (:mod:`grulm.data.recall`) :func:`recall_accuracy` reads the split
+the same way and counts how often the greedy prediction after a cue is the remembered letter.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from grulm.data.batches import eval_batches
+from grulm.data.recall import CUE, recall_task
+from grulm.data.vocab import Vocab
 from grulm.distributed import World
 from grulm.model import GRULM
 
@@ -49,7 +55,27 @@ class EvalResult:
                 "bits_per_token": self.bits_per_token, "tokens": self.tokens}
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class RecallResult:
+    """Recall accuracy on a ``recall:K`` split (:mod:`grulm.data.recall`).
+
+    Attributes:
+        correct: recall positions where the greedy prediction was the remembered letter.
+        total: recall positions scored: every cue whose letter lies inside its stream.
+    """
+
+    correct: int
+    total: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else math.nan
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"recall_accuracy": self.accuracy if self.total else None,
+                "recall_positions": self.total}
+
+
 def evaluate(model: GRULM, ids: Tensor, batch_size: int = 32, num_steps: int = 35,
              world: World | None = None) -> EvalResult:  # fmt: skip
     """Score every next-token prediction of ``ids`` (N,) with the state carried.
@@ -64,6 +90,61 @@ def evaluate(model: GRULM, ids: Tensor, batch_size: int = 32, num_steps: int = 3
     Raises:
         DataError: ``ids`` has fewer than ``batch_size + 1`` tokens.
     """
+
+    def score(X: Tensor, Y: Tensor, state, start: int):
+        loss, state = model.loss(X, Y, state)  # mean over the batch's B·t tokens, (L, B, H)
+        tokens = loss.new_full((), Y.numel(), dtype=torch.float64)
+        return torch.stack([loss.double() * Y.numel(), tokens]), state
+
+    total, tokens = _carried_pass(model, ids, batch_size, num_steps, world, score)
+    return EvalResult(total / tokens, int(tokens))
+
+
+def recall_accuracy(model: GRULM, ids: Tensor, cue: int, distance: int, batch_size: int = 32,
+                    num_steps: int = 35, world: World | None = None) -> RecallResult:  # fmt: skip
+    """How often the greedy prediction after a cue is the letter seen ``distance + 1`` earlier.
+
+    ``ids`` (N,) is read like :func:`evaluate` reads it (B streams, state carried). A position
+    counts when its input is ``cue`` and the letter it recalls, ``distance + 1`` inputs
+    earlier, lies inside the same stream (a stream cut mid-record starts with a cue whose
+    letter it never saw); its label is that letter by construction of the stream.
+
+    Args:
+        cue: the cue's token id.
+        distance: K, the fillers between a letter and its cue.
+        world: as for :func:`evaluate`; the counts are summed across ranks.
+
+    Returns:
+        The counts of correct and scored positions (accuracy NaN when there are none).
+    """
+
+    def score(X: Tensor, Y: Tensor, state, start: int):
+        logits, state = model(X, state)  # (B, t, V)
+        position = torch.arange(start, start + X.shape[1], device=X.device)  # in the stream
+        counted = (X == cue) & (position >= distance + 1)  # (B, t)
+        correct = counted & (logits.argmax(dim=-1) == Y)
+        return torch.stack([correct.sum(), counted.sum()]).double(), state
+
+    correct, total = _carried_pass(model, ids, batch_size, num_steps, world, score)
+    return RecallResult(int(correct), int(total))
+
+
+def evaluate_recall(model: GRULM, vocab: Vocab, source: str | None, ids: Tensor,
+                    batch_size: int = 32, num_steps: int = 35,
+                    world: World | None = None) -> RecallResult | None:  # fmt: skip
+    """:func:`recall_accuracy` on ``ids`` when ``source`` is a ``recall:K`` stream; else None."""
+    task = recall_task(source)
+    if task is None:
+        return None
+    return recall_accuracy(model, ids, vocab[CUE], task.distance, batch_size, num_steps, world)
+
+
+@torch.no_grad()
+def _carried_pass(model: GRULM, ids: Tensor, batch_size: int, num_steps: int,
+                  world: World | None, score: Callable) -> list[float]:  # fmt: skip
+    """Sums of ``score(X, Y, state, start) -> (sums (k,), state)`` over every window of
+    ``ids`` read in ``batch_size`` streams with the state carried (``start``: the window's
+    first column in its stream), this rank's rows, added up across ranks; one host sync."""
     world = world if world is not None else World()
     device = model.head.weight.device
     batches = eval_batches(ids.to(device), batch_size, num_steps)
@@ -71,13 +152,12 @@ def evaluate(model: GRULM, ids: Tensor, batch_size: int = 32, num_steps: int = 3
     was_training = model.training
     model.eval()
     state = model.begin_state(batch_size // world.size)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    tokens = 0
+    sums = None
+    start = 0
     for X, Y in itertools.chain([first], batches):
         X, Y = world.rows(X), world.rows(Y)  # this rank's streams
-        loss, state = model.loss(X, Y, state)  # mean over the batch's B·t tokens, (L, B, H)
-        loss_sum += loss.double() * Y.numel()
-        tokens += Y.numel()
+        found, state = score(X, Y, state, start)
+        sums = found if sums is None else sums + found
+        start += X.shape[1]
     model.train(was_training)
-    total, tokens = world.sum([loss_sum.item(), float(tokens)])
-    return EvalResult(total / tokens, int(tokens))
+    return world.sum(sums.cpu().tolist())

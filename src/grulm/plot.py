@@ -1,11 +1,17 @@
-"""Training curves as PNG files (matplotlib's file-only Agg backend, no display needed)."""
+"""Training curves as PNG files (matplotlib's file-only Agg backend, no display needed).
+
+Every plot is written under a temporary name and renamed, so a reader never sees half a PNG.
+Characters of a title that the font lacks (a corpus named ``日本語.txt``) are drawn as boxes,
+without matplotlib's warning per glyph (which would print a line of Python source).
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -16,10 +22,36 @@ def save_perplexity_plot(
 
     ``values[i]`` belongs to epoch ``i + 1``; NaN marks an epoch without a value (validation
     every k epochs), and the line joins the epochs that have one.
-    The file is written under a temporary name and renamed, so a reader never sees half a PNG.
-    Characters of the title that the font lacks (a corpus named ``日本語.txt``) are drawn as
-    boxes, without matplotlib's warning per glyph (which would print a line of Python source).
     """
+    with _axes(path, title) as ax:
+        for label, values in curves.items():
+            points = [(epoch, v) for epoch, v in enumerate(values, start=1) if math.isfinite(v)]
+            ax.plot([e for e, _ in points], [v for _, v in points], label=label,
+                    marker="." if len(points) < len(values) else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("perplexity")
+        ax.set_yscale("log")
+    return Path(path)
+
+
+def save_curves_plot(
+    path: str | os.PathLike, curves: Mapping[str, Sequence[tuple[float, float]]], *,
+    xlabel: str, ylabel: str, title: str = "",
+) -> Path:  # fmt: skip
+    """Plot one line of ``(x, y)`` points per label (e.g. validation loss against seconds of
+    training, one line per model), with a marker at every point."""
+    with _axes(path, title) as ax:
+        for label, points in curves.items():
+            ax.plot([x for x, _ in points], [y for _, y in points], label=label, marker=".")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    return Path(path)
+
+
+@contextmanager
+def _axes(path: str | os.PathLike, title: str) -> Iterator:
+    """Axes to draw on; on leaving, the grid, legend and title are added and the figure is
+    written to ``path`` atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,14 +63,7 @@ def save_perplexity_plot(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from",
                                     category=UserWarning)
-            for label, values in curves.items():
-                points = [(epoch, v) for epoch, v in enumerate(values, start=1)
-                          if math.isfinite(v)]
-                ax.plot([e for e, _ in points], [v for _, v in points], label=label,
-                        marker="." if len(points) < len(values) else None)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("perplexity")
-            ax.set_yscale("log")
+            yield ax
             ax.grid(True, which="both", alpha=0.3)
             ax.legend()
             if title:
@@ -49,4 +74,3 @@ def save_perplexity_plot(
     finally:
         plt.close(fig)
     os.replace(tmp, path)
-    return path

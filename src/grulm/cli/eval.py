@@ -1,4 +1,5 @@
-"""``grulm eval``: perplexity, nats and bits per token of a checkpoint on held-out text."""
+"""``grulm eval``: perplexity, nats and bits per token of a checkpoint on held-out text, and
+recall accuracy on ``recall:K`` data."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from grulm import memory
 from grulm.checkpoint import DataInfo, load_checkpoint
 from grulm.data.batches import eval_batches
 from grulm.data.corpus import load_corpus
+from grulm.data.recall import recall_task
 from grulm.data.sources import resolve_source
 from grulm.data.splits import SPLIT_NAMES
 from grulm.data.text import text_to_tokens
 from grulm.devices import resolve_device
 from grulm.errors import ConfigError, DataError
-from grulm.evaluate import evaluate
+from grulm.evaluate import evaluate, evaluate_recall
 from grulm.train import training_splits
 
 SPLITS = (*SPLIT_NAMES, "all")
@@ -29,7 +31,8 @@ def add_parser(subparsers) -> None:
         "eval",
         help="evaluate a checkpoint on held-out text",
         description="Score every next-token prediction of a split with the hidden state "
-        "carried through it; print perplexity, loss in nats per token and bits per token. By "
+        "carried through it; print perplexity, loss in nats per token and bits per token (and "
+        "on recall:K data the recall accuracy). By "
         "default the split is the validation split of the text the model was trained on, cut "
         "exactly as training cut it.",
     )
@@ -62,14 +65,19 @@ def run(args: argparse.Namespace) -> int:
         ids, what = _other_text(checkpoint, data, args.data, args.split or "all")
     _check_memory(checkpoint.model.config, ids, args.batch_size, args.num_steps, device)
     result = evaluate(checkpoint.model, ids, args.batch_size, args.num_steps)
+    recall = evaluate_recall(checkpoint.model, checkpoint.vocab, args.data or data.source, ids,
+                             args.batch_size, args.num_steps)
     unit = data.token
     if args.json:
         print(json.dumps({"checkpoint": str(checkpoint.directory), "data": what,
-                          **result.to_dict()}))
+                          **result.to_dict(), **(recall.to_dict() if recall else {})}))
         return 0
     print(f"{what}: {result.tokens:,} predictions")
     print(f"perplexity {result.perplexity:.4f}, {result.loss:.4f} nats/{unit}, "
           f"{result.bits_per_token:.4f} bits/{unit}")
+    if recall is not None:
+        print(f"recall accuracy {recall.accuracy:.4f} ({recall.correct:,} of {recall.total:,} "
+              "letters after a cue; chance ≈ 0.04)")
     return 0
 
 
@@ -98,13 +106,11 @@ def _other_text(checkpoint, data: DataInfo, source: str, split: str):
     if split != "all":
         raise ConfigError("with --data the whole text is evaluated; drop --split or use "
                           "--split all")
-    path = resolve_source(source).path
-    raw = data.cleaning != "d2l"
-    try:  # d2l cleaning keeps ASCII letters only, so any other byte may be replaced
-        text = path.read_bytes().decode("utf-8", errors="strict" if raw else "replace")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path} is not UTF-8 (byte offset {error.start}); the model was "
-                        "trained on raw UTF-8 text") from None
+    task = recall_task(source)
+    if task is not None:
+        text = task.text().decode("ascii")
+    else:
+        text = _read_text(resolve_source(source).path, raw=data.cleaning != "d2l")
     tokens = text_to_tokens(text, data.cleaning, data.token)
     ids = torch.tensor(checkpoint.vocab[tokens], dtype=torch.int64)
     unknown = int((ids == 0).sum())
@@ -112,6 +118,14 @@ def _other_text(checkpoint, data: DataInfo, source: str, split: str):
         print(f"grulm eval: warning: {unknown:,} of {len(ids):,} tokens are not in the "
               "model's vocabulary and count as <unk>", file=sys.stderr)
     return ids, f"{source} (all)"
+
+
+def _read_text(path: Path, raw: bool) -> str:
+    try:  # d2l cleaning keeps ASCII letters only, so any other byte may be replaced
+        return path.read_bytes().decode("utf-8", errors="strict" if raw else "replace")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 (byte offset {error.start}); the model was "
+                        "trained on raw UTF-8 text") from None
 
 
 def _check_memory(config, ids, batch_size: int, num_steps: int, device) -> None:

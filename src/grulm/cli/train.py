@@ -44,8 +44,33 @@ def add_parser(subparsers) -> None:
     group.add_argument("--preset", choices=list(PRESETS), help="the recipe [d2l]")
     group.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR "
                        "where it stopped (only budgets and output settings may change)")
-    _add(parser, "data", ("--data", {"help": "built-in corpus (timemachine, tinyshakespeare) "
-                                     "or a text file"}),
+    add_spec_flags(parser)
+    group = parser.add_argument_group("machine")
+    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto [auto]")
+    group.add_argument("--threads", type=int, help="CPU threads [one per core; under "
+                       "torchrun, the cores ÷ the ranks on this machine]")
+    group.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                       metavar="SECONDS", help="under torchrun: how long to wait for the "
+                       "other ranks, at the start and in every exchange [%(default)g]")
+    group = _add(parser, SEED, "output", *[(f"--{n}", {"type": int, "metavar": "N"}) for n in (
+        "checkpoint-every-epochs", "checkpoint-every-steps", "log-every-steps", "sample-every")],
+        ("--sample-prefixes", {"nargs": "+", "metavar": "TEXT"}))
+    group.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                       help="no TensorBoard events even when tensorboard is installed")
+    group.add_argument("--out", type=Path, help="run directory [runs/seed; with --preset NAME, "
+                       "runs/NAME; with --resume, DIR]")
+    group.add_argument("--overwrite", action="store_true", default=False,
+                       help="replace the run in --out (only what a run writes)")
+    group.add_argument("--no-progress", action="store_true", default=False)
+    parser.set_defaults(func=run)
+
+
+def add_spec_flags(parser, shown: dict[str, Any] = SEED) -> None:
+    """The data, model and optimisation flags: overrides of a :class:`grulm.run.RunSpec`
+    (``grulm compare`` takes them too); each help ends with its value in ``shown``."""
+    _add(parser, shown, "data",
+         ("--data", {"help": "built-in corpus (timemachine, tinyshakespeare), recall:K (a "
+                     "letter to remember across K characters, generated) or a text file"}),
          ("--cleaning", {"choices": CLEANINGS, "help": "d2l: letters only, lower case; raw: "
                          "UTF-8, a leading BOM dropped, universal newlines; none: exactly as "
                          "is (another --data: raw)"}),
@@ -56,7 +81,8 @@ def add_parser(subparsers) -> None:
          ("--split-fractions", {"type": _fractions, "metavar": "TRAIN,VAL[,TEST]",
                                 "help": "contiguous splits, e.g. 0.9,0.1; none: validate on "
                                 "the last 10%%"}))
-    _add(parser, "model", ("--hidden-size", {"type": int}), ("--num-layers", {"type": int}),
+    _add(parser, shown, "model", ("--hidden-size", {"type": int}),
+         ("--num-layers", {"type": int}),
          ("--variant", {"choices": VARIANTS, "help": "reset_before: the textbook's; "
                         "reset_after: nn.GRU's"}),
          ("--input", {"choices": INPUT_KINDS}),
@@ -68,7 +94,7 @@ def add_parser(subparsers) -> None:
          ("--cell", {"metavar": "|".join(CELLS), "help": "the recurrent cell"}),
          ("--gates", {"metavar": "|".join(GATES), "help": "a GRU's gates; update: R≡1, reset: "
                       "Z≡0, none: a plain RNN"}))
-    _add(parser, "optimisation", *[(f"--{n}", {"type": t}) for n, t in (
+    _add(parser, shown, "optimisation", *[(f"--{n}", {"type": t}) for n, t in (
         ("epochs", int), ("batch-size", int), ("num-steps", int), ("lr", float), ("clip", float),
         ("seed", int), ("weight-decay", float), ("beta1", float), ("beta2", float),
         ("warmup-steps", int), ("min-lr-ratio", float), ("step-size", int), ("gamma", float),
@@ -83,38 +109,30 @@ def add_parser(subparsers) -> None:
                            "without a new best; 0 = never"}),
          ("--eval-every", {"type": int, "metavar": "EPOCHS", "help": "validate every N epochs "
                            "and after the last"}))
-    group = parser.add_argument_group("machine")
-    group.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto [auto]")
-    group.add_argument("--threads", type=int, help="CPU threads [one per core; under "
-                       "torchrun, the cores ÷ the ranks on this machine]")
-    group.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                       metavar="SECONDS", help="under torchrun: how long to wait for the "
-                       "other ranks, at the start and in every exchange [%(default)g]")
-    group = _add(parser, "output", *[(f"--{n}", {"type": int, "metavar": "N"}) for n in (
-        "checkpoint-every-epochs", "checkpoint-every-steps", "log-every-steps",
-        "sample-every")], ("--sample-prefixes", {"nargs": "+", "metavar": "TEXT"}))
-    group.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
-                       help="no TensorBoard events even when tensorboard is installed")
-    group.add_argument("--out", type=Path, help="run directory [runs/seed; with --preset NAME, "
-                       "runs/NAME; with --resume, DIR]")
-    group.add_argument("--overwrite", action="store_true", default=False,
-                       help="replace the run in --out (only what a run writes)")
-    group.add_argument("--no-progress", action="store_true", default=False)
-    parser.set_defaults(func=run)
 
 
-def _add(parser, title: str, *flags: tuple[str, dict[str, Any]]):
-    """A group of spec flags; each help ends with the flag-less run's value."""
+def _add(parser, shown: dict[str, Any], title: str, *flags: tuple[str, dict[str, Any]]):
+    """A group of spec flags; each help ends with the setting's value in ``shown``."""
     group = parser.add_argument_group(title)
     for flag, options in flags:
         name = flag[2:].replace("-", "_")
         field = RENAMED.get(name, name)
-        shown = SEED[field]
-        shown = ",".join(map(str, shown)) if isinstance(shown, tuple) else shown
+        value = shown[field]
+        value = ",".join(map(str, value)) if isinstance(value, tuple) else value
         help_text = options.pop("help", "")
         group.add_argument(flag, **options,
-                           help=f"{help_text} [{'none' if shown is None else shown}]".strip())
+                           help=f"{help_text} [{'none' if value is None else value}]".strip())
     return group
+
+
+def flag_error(error: ConfigError) -> ConfigError:
+    """``error`` naming its setting by its flag: ``--max-time``, not ``max_time``."""
+    name, _, rest = str(error).partition(" ")
+    name = FLAG_NAMES.get(name, name)
+    renamed = ConfigError(f"--{name.replace('_', '-')} {rest}" if name in override_names()
+                          else str(error))
+    renamed.quiet = error.quiet
+    return renamed
 
 
 def _fractions(text: str) -> list[float]:
@@ -151,13 +169,8 @@ def run(args: argparse.Namespace) -> int:
             out = options.get("out", Path("runs") / ("seed" if preset == "d2l" else preset))
             result = start(RunSpec.from_preset(preset, **overrides), out,
                            overwrite=args.overwrite, **common)
-    except ConfigError as error:  # name a setting by its flag: --max-time, not max_time
-        name, _, rest = str(error).partition(" ")
-        name = FLAG_NAMES.get(name, name)
-        renamed = ConfigError(f"--{name.replace('_', '-')} {rest}" if name in override_names()
-                              else str(error))
-        renamed.quiet = error.quiet
-        raise renamed from None
+    except ConfigError as error:
+        raise flag_error(error) from None
     finally:
         printer.stop_listening()
     if result.stop_reason in EXIT_ON_SIGNAL:

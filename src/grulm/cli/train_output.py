@@ -124,6 +124,9 @@ class Printer(SignalStop):
                       f"perplexity {val_ppl:.2f}: the model recites its {len(run.splits.train):,}"
                       " training tokens and does not generalise to held-out text (train on more "
                       "text, e.g. --max-tokens 0, or see --preset shakespeare)")
+        if result.recall_accuracy is not None:
+            print(f"recall accuracy {result.recall_accuracy:.4f} on the validation split "
+                  "(chance ≈ 0.04)")
         print(f"perplexity {train_ppl:.1f}, {result.tokens_per_s or math.nan:,.0f} tokens/s on "
               f"{run.device}")
         for prefix in run.sample_prefixes:

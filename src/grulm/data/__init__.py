@@ -8,6 +8,7 @@ Modules, in the order data flows through them:
   (``char`` | ``word``).
 - :mod:`~grulm.data.vocab`: :class:`Vocab`, the seed's id order, JSON round-trip.
 - :mod:`~grulm.data.prepare`: whole-file preparation to compact ids, cached on disk.
+- :mod:`~grulm.data.recall`: the synthetic long-range recall stream ``recall:K``.
 - :mod:`~grulm.data.corpus`: :func:`load_corpus` → :class:`Corpus` (the entry point).
 - :mod:`~grulm.data.splits`: contiguous train/val/test splits; the seed experiment's split.
 - :mod:`~grulm.data.batches`: d2l's sequential and random partitions, evaluation windows.

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from grulm.data.prepare import load_prepared
+from grulm.data.recall import check_recall_text_options, recall_task
 from grulm.data.sources import resolve_source
 from grulm.data.text import join_tokens, text_to_tokens
 from grulm.data.vocab import Vocab
@@ -81,7 +82,9 @@ def load_corpus(
     """Load a built-in corpus or a local text file as one token stream.
 
     Args:
-        data: ``timemachine``, ``tinyshakespeare`` or a path to a text file.
+        data: ``timemachine``, ``tinyshakespeare``, ``recall:K`` (the synthetic long-range
+            recall stream, generated in memory: :mod:`grulm.data.recall`) or a path to a
+            text file.
         cleaning: ``d2l`` (letters only, lower case; the seed), ``raw`` (UTF-8, the leading
             BOM dropped, universal newlines) or ``none`` (UTF-8 exactly as is).
         token: ``char`` (the seed) or ``word``.
@@ -94,8 +97,15 @@ def load_corpus(
         DataError: see :func:`~grulm.data.sources.resolve_source`; also undecodable bytes
             with ``raw`` or ``none`` and a file with nothing left after cleaning.
         ConfigError: an unknown cleaning or token kind, a negative ``min_freq``, or one that
-            leaves no token besides ``<unk>``.
+            leaves no token besides ``<unk>``; a malformed ``recall:K``, or one read with
+            d2l cleaning or word tokens.
     """
+    task = recall_task(data)
+    if task is not None:
+        check_recall_text_options(task, cleaning, token)
+        prepared = task.prepared(min_freq, tuple(reserved_tokens))
+        return Corpus(prepared.ids, prepared.vocab, task.name, prepared.sha256, cleaning,
+                      token, min_freq)
     resolved = resolve_source(data, progress=progress)
     prepared = load_prepared(
         resolved.path,

@@ -62,6 +62,7 @@ class RunWriter(Hooks):
         self.window_start, self.window_tokens = time.perf_counter(), 0
         self.plot_path: Path | None = None
         self.plot_failed = False
+        self.final_metrics: dict[str, Any] = {}  # the final model's (recall accuracy)
 
     def on_step(self, progress: Progress, stats: StepStats) -> None:
         self.window_tokens += stats.tokens
@@ -110,6 +111,7 @@ class RunWriter(Hooks):
             "backend": self.run.backend,
             "perplexity_history": [s.perplexity for s in history],
             "val_perplexity_history": [s.val_perplexity for s in history],
+            **self.final_metrics,
         }
 
     def save(self, progress: Progress) -> None:

@@ -34,7 +34,7 @@ from grulm.data.splits import Splits
 from grulm.devices import resolve_device
 from grulm.distributed import World
 from grulm.errors import DataError
-from grulm.evaluate import evaluate
+from grulm.evaluate import evaluate, evaluate_recall
 from grulm.generate import TextFormat, predict
 from grulm.memory import check_fits, describe, training_bytes
 from grulm.model import GRULM
@@ -119,6 +119,9 @@ class RunResult:
         seconds: training time over every session of the run.
         best: the ``best/`` checkpoint, when one was written.
         plot, metrics: the files, when they could be written.
+        recall_accuracy: on ``recall:K`` data, the final model's recall accuracy on the
+            validation split (:func:`grulm.evaluate.recall_accuracy`); None otherwise, or
+            when validation did not run.
     """
 
     out: Path
@@ -135,6 +138,7 @@ class RunResult:
     best: Path | None
     plot: Path | None
     metrics: Path | None
+    recall_accuracy: float | None = None
 
     @property
     def val_perplexity(self) -> float | None:
@@ -320,17 +324,23 @@ def _finish(run: RunContext, writer: RunWriter) -> RunResult:
                                             throughput or 0.0)):
             val = evaluate(run.model, val_ids, config.batch_size, config.num_steps,
                            run.world).loss
-            if val < progress.best_val_loss:
-                progress.best_val_loss, progress.best_epoch = val, progress.epoch
-                writer.save_best(progress)
         else:
             skipped = True
+    recall = None
+    if val is not None:  # on recall:K data, the final model's recall accuracy too
+        recall = evaluate_recall(run.model, run.corpus.vocab, run.spec.data.data, val_ids,
+                                 config.batch_size, config.num_steps, run.world)
+        writer.final_metrics = recall.to_dict() if recall is not None else {}
+        if val < progress.best_val_loss:
+            progress.best_val_loss, progress.best_epoch = val, progress.epoch
+            writer.save_best(progress)
     writer.save(progress)
     if writer.log is not None and progress.stop_reason not in SIGNAL_STOPS:
         writer.log.write({"kind": "final", "step": progress.step, "epoch": progress.epoch,
                           "loss": train_loss, "perplexity": _exp_or_none(train_loss),
                           "val_loss": val, "val_perplexity": _exp_or_none(val),
-                          "stop_reason": progress.stop_reason, "seconds": progress.seconds})
+                          **writer.final_metrics, "stop_reason": progress.stop_reason,
+                          "seconds": progress.seconds})
     best = run.out / BEST_DIR
     return RunResult(
         out=run.out, stop_reason=progress.stop_reason or "epochs", epochs=progress.epoch,
@@ -339,6 +349,7 @@ def _finish(run: RunContext, writer: RunWriter) -> RunResult:
         tokens_per_s=throughput, seconds=progress.seconds, validation_skipped=skipped,
         best=best if best.is_dir() else None, plot=writer.plot_path,
         metrics=writer.log.path if writer.log is not None and writer.log.active else None,
+        recall_accuracy=None if recall is None else recall.accuracy,
     )
 
 

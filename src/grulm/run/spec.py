@@ -9,16 +9,20 @@ run uses lives here and in the presets (:mod:`grulm.presets`); the CLI shows the
     spec = RunSpec.from_preset("d2l", data="timemachine", epochs=4, seed=0)
 
 Override names are the CLI's flag names with underscores (``hidden_size``, ``input``,
-``split_fractions``, ``max_time`` …). One rule keeps a preset sensible on other text: when
+``split_fractions``, ``max_time`` …). Two rules keep a preset sensible on other data: when
 ``data`` names another corpus than the preset's, the preset's corpus-specific choices
-(cleaning, max_tokens, split_fractions, sample_prefixes) give way to that corpus's defaults.
+(cleaning, max_tokens, split_fractions, sample_prefixes) give way to that corpus's defaults;
+and a ``recall:K`` stream is trained on windows of at least K + 3 steps unless ``num_steps``
+is given, so that backpropagation spans a letter and its recall.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from grulm.data.recall import recall_task
 from grulm.errors import ConfigError
 from grulm.model import GRUConfig
 from grulm.presets import PRESETS
@@ -61,6 +65,7 @@ class DataSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
             raise ConfigError(f"max_tokens must be ≥ 0 (0 = all), got {self.max_tokens!r}")
+        recall_task(self.data)  # a malformed recall:K is refused before anything is written
         if self.split_fractions is not None:
             object.__setattr__(self, "split_fractions", tuple(self.split_fractions))
 
@@ -160,6 +165,14 @@ class RunSpec:
         if "data" in changes and changes["data"] != settings["data"]:
             settings.update(corpus_defaults(changes["data"]))
             settings.pop("sample_prefixes", None)
+        task = recall_task(changes.get("data", settings["data"]))
+        if task is not None and "num_steps" not in changes:
+            settings["num_steps"] = max(settings["num_steps"], task.min_num_steps)
+        elif task is not None and changes["num_steps"] < task.min_num_steps:
+            warnings.warn(f"num_steps {changes['num_steps']} is shorter than K + 3 = "
+                          f"{task.min_num_steps} steps of {task.name}: no gradient spans a "
+                          "letter and its recall, so the model can hardly learn it",
+                          stacklevel=2)
         return cls.from_settings({**settings, **changes}, preset=name)
 
     @classmethod
