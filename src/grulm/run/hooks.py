@@ -26,7 +26,7 @@ from grulm.run.resume import training_state
 from grulm.train import EpochStats, Hooks, Progress, StepStats, check_finite
 
 if TYPE_CHECKING:
-    from grulm.run.session import RunContext, RunResult
+    from grulm.run.context import RunContext, RunResult
 
 
 class RunHook(Hooks):
