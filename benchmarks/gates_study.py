@@ -69,6 +69,7 @@ def plot(sweep: dict[int, list[dict]], path: Path) -> None:
     axes.set(xscale="log", xlabel="K (characters to remember across)",
              ylabel="recall accuracy", ylim=(0, 1.02),
              title="recall:K, same time budget per contender")
+    axes.minorticks_off()
     axes.set_xticks(ks, [str(k) for k in ks])
     axes.legend(fontsize=8)
     figure.tight_layout()
