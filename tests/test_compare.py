@@ -101,3 +101,19 @@ def test_bad_settings_are_one_line_and_nothing_is_written(tmp_path, run_grulm, a
                        "--out", tmp_path / "cmp")
     _assert_clean_error(result, message)
     assert not (tmp_path / "cmp").exists()
+
+
+def test_a_skipped_final_validation_is_said_with_how_to_get_it(capsys, tmp_path):
+    from types import SimpleNamespace
+
+    from grulm.cli.compare import _Report
+
+    report = _Report("mingru", ["gru", "mingru"])
+    report.started = 0.0
+    result = SimpleNamespace(val_loss=None, validation_skipped=True, recall_accuracy=None,
+                             step=31, stop_reason="max_time")
+    report.on_finish(SimpleNamespace(out=tmp_path / "mingru"), result)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("grulm compare: mingru: 31 steps (max_time) in ")
+    assert line.endswith(f"final validation skipped: it would run past the budget (— in the "
+                         f"table; evaluate later with: grulm eval {tmp_path / 'mingru'})")

@@ -84,7 +84,10 @@ class _Report(RunHook):
               f"parameters, backend {run.backend} → {run.out}", file=sys.stderr, flush=True)
 
     def on_finish(self, run, result) -> None:
-        val = "" if result.val_loss is None else f", validation {result.val_loss:.4f} nats"
+        val = (f", validation {result.val_loss:.4f} nats" if result.val_loss is not None
+               else ", final validation skipped: it would run past the budget (— in the table; "
+               f"evaluate later with: grulm eval {run.out})" if result.validation_skipped
+               else "")
         recall = ("" if result.recall_accuracy is None
                   else f", recall accuracy {result.recall_accuracy:.4f}")
         print(f"grulm compare: {self.name}: {result.step:,} steps ({result.stop_reason}) in "
