@@ -72,6 +72,28 @@ def test_hooks_see_the_run_and_may_stop_it(small_corpus, tmp_path):
     assert saved.meta.run["tensorboard"] is False
 
 
+class _Crash(RunHook):
+    def on_step(self, progress, stats):
+        if stats.step == 3:
+            raise KeyboardInterrupt  # a kill after the step-2 checkpoint
+
+
+def test_a_checkpoint_written_mid_epoch_times_the_run(small_corpus, tmp_path):
+    """A run killed in its first epoch leaves a checkpoint whose seconds and throughput are
+    the run's so far (what a resume counts against --max-time)."""
+    spec = RunSpec.from_preset("d2l", data=str(small_corpus), hidden_size=16, batch_size=4,
+                               num_steps=10, epochs=5, checkpoint_every_steps=2,
+                               tensorboard=False)
+    with pytest.raises(KeyboardInterrupt):
+        start(spec, tmp_path / "run", hooks=[_Crash()])
+    saved = load_checkpoint(tmp_path / "run").meta
+    progress = saved.training_state["progress"]
+    assert (progress["epoch"], progress["batch"]) == (0, 2)
+    assert progress["seconds"] > 0 and progress["epoch_seconds"] > 0
+    assert saved.metrics["train_seconds"] == progress["seconds"]
+    assert saved.metrics["tokens_per_s"] > 0
+
+
 @pytest.fixture
 def small_corpus(shared_data, tmp_path):
     path = tmp_path / "small.txt"

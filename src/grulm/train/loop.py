@@ -241,6 +241,9 @@ def fit(
             progress.tokens += tokens
             progress.step += 1
             progress.batch += 1
+            # kept current, so that a checkpoint a hook writes mid-epoch times the run right
+            progress.epoch_seconds = time.perf_counter() - epoch_start
+            progress.seconds = seconds()
             hooks.on_step(progress, StepStats(progress.step, loss, grad_norm, progress.lr,
                                               tokens))
             step_seconds = time.perf_counter() - step_start
