@@ -7,7 +7,7 @@ head. Its recurrent parameters use PyTorch's names and layout under the cell's n
 (``gru.weight_ih_l{k}`` (3H×I), ``gru.weight_hh_l{k}`` (3H×H), ``gru.bias_ih_l{k}``,
 ``gru.bias_hh_l{k}``, gates r, z, n; ``lstm.weight_ih_l{k}`` (4H×I), …), shared by every
 backend; :mod:`grulm.textbook` converts a GRU to and from the textbook's ``W_xz … b_q``, and
-:mod:`grulm.torch_modules` any stack to and from ``torch.nn.GRU``/``RNN``/``LSTM``.
+:mod:`grulm.convert` any stack to and from ``torch.nn.GRU``/``RNN``/``LSTM``.
 
 Public tensors are batch-first: inputs (B, T) int64, logits (B, T, V), state (L, B, H) (an
 LSTM's: the pair (h, c), each (L, B, H)).
