@@ -38,6 +38,19 @@ def log_g(a: Tensor) -> Tensor:
     return torch.where(a >= 0, torch.log(F.relu(a) + 0.5), -F.softplus(-a))
 
 
+def mingru_gates(X: Tensor) -> tuple[Tensor, Tensor]:
+    """The update gate and candidate of one step, from its input projection alone.
+
+    Args:
+        X: (B, 2H) the step's ``x W_ih^T + b_ih``, blocks z, h.
+
+    Returns:
+        ``(Z, H_tilde)``, each (B, H): Z in (0, 1), H~ > 0.
+    """
+    X_z, X_h = X.chunk(2, dim=-1)  # each (B, H)
+    return torch.sigmoid(X_z), g(X_h)
+
+
 def mingru_sequential(
     x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -54,9 +67,7 @@ def mingru_sequential(
     H = h0
     outputs = []
     for X in inputs.unbind(1):
-        X_z, X_h = X.chunk(2, dim=-1)  # each (B, H)
-        Z = torch.sigmoid(X_z)  # (B, H) update gate
-        H_tilde = g(X_h)  # (B, H) candidate, > 0
+        Z, H_tilde = mingru_gates(X)  # each (B, H): update gate, candidate
         H = (1 - Z) * H + Z * H_tilde  # (B, H)
         outputs.append(H)
     return torch.stack(outputs, dim=1), H

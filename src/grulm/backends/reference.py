@@ -43,7 +43,7 @@ from grulm.backends.stack import run_layers
 from grulm.cells import GRU_BLOCKS, layer_options
 
 
-def gru_cell(
+def gru_gates(
     X: Tensor,
     H: Tensor,
     W_h: tuple[Tensor, ...],
@@ -51,8 +51,9 @@ def gru_cell(
     *,
     reset_after: bool,
     gates: str = "both",
-) -> Tensor:
-    """One step of one GRU layer.
+) -> tuple[Tensor | int, Tensor | int, Tensor]:
+    """The reset gate, update gate and candidate of one GRU step (what :func:`gru_cell` mixes;
+    :mod:`grulm.inspect` records them).
 
     Args:
         X: (B, G·H) the step's input projection ``x W_ih^T + b_ih``, the kept gates' blocks in
@@ -62,10 +63,10 @@ def gru_cell(
         b_h: ``(b_hr, b_hz, b_hn)`` (the kept ones), each (H,): ``bias_hh`` in G.
         reset_after: the cuDNN variant if True, the textbook (reset-before) one if False.
         gates: ``both``; ``update``: no reset gate, R ≡ 1; ``reset``: no update gate, Z ≡ 0;
-            ``none``: neither, ``H = tanh(X_n + H W_hn + b_hn)``, the plain RNN.
+            ``none``: neither, ``H~ = tanh(X_n + H W_hn + b_hn)``, the plain RNN.
 
     Returns:
-        (B, H) the state after the step.
+        ``(R, Z, H_tilde)``, each (B, H); an ablated gate is the int constant it stands for.
     """
     blocks = GRU_BLOCKS[gates]
     X_g = dict(zip(blocks, X.chunk(len(blocks), dim=-1), strict=True))  # each (B, H)
@@ -77,6 +78,26 @@ def gru_cell(
         H_tilde = torch.tanh(X_g["n"] + R * (H @ W_g["n"].T + b_g["n"]))  # (B, H)
     else:
         H_tilde = torch.tanh(X_g["n"] + (R * H) @ W_g["n"].T + b_g["n"])  # (B, H)
+    return R, Z, H_tilde
+
+
+def gru_cell(
+    X: Tensor,
+    H: Tensor,
+    W_h: tuple[Tensor, ...],
+    b_h: tuple[Tensor, ...],
+    *,
+    reset_after: bool,
+    gates: str = "both",
+) -> Tensor:
+    """One step of one GRU layer: ``h' = Z ⊙ h + (1 − Z) ⊙ H~``.
+
+    Args: as :func:`gru_gates`.
+
+    Returns:
+        (B, H) the state after the step.
+    """
+    _, Z, H_tilde = gru_gates(X, H, W_h, b_h, reset_after=reset_after, gates=gates)
     return Z * H + (1 - Z) * H_tilde  # (B, H)
 
 
@@ -137,20 +158,20 @@ def rnn_layer(
     return torch.stack(outputs, dim=1), H
 
 
-def lstm_cell(
-    X: Tensor, state: tuple[Tensor, Tensor], W_h: tuple[Tensor, ...], b_h: tuple[Tensor, ...]
-) -> tuple[Tensor, Tensor]:
-    """One step of one LSTM layer.
+def lstm_gates(
+    X: Tensor, H: Tensor, W_h: tuple[Tensor, ...], b_h: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The gates and candidate memory of one LSTM step (what :func:`lstm_cell` combines;
+    :mod:`grulm.inspect` records them).
 
     Args:
         X: (B, 4H) the step's input projection ``x W_ih^T + b_ih``, gates i, f, g, o.
-        state: ``(H, C)``, each (B, H): the hidden state and the memory cell.
+        H: (B, H) the hidden state before the step.
         W_h: ``(W_hi, W_hf, W_hg, W_ho)``, each (H, H); b_h: ``(b_hi, b_hf, b_hg, b_ho)``.
 
     Returns:
-        ``(H, C)`` after the step, each (B, H).
+        ``(I, F, C_tilde, O)``, each (B, H): input, forget gates, candidate memory, output gate.
     """
-    H, C = state
     W_hi, W_hf, W_hg, W_ho = W_h
     b_hi, b_hf, b_hg, b_ho = b_h
     X_i, X_f, X_g, X_o = X.chunk(4, dim=-1)  # each (B, H)
@@ -158,6 +179,24 @@ def lstm_cell(
     F_ = torch.sigmoid(X_f + H @ W_hf.T + b_hf)  # (B, H) forget gate
     C_tilde = torch.tanh(X_g + H @ W_hg.T + b_hg)  # (B, H) candidate memory
     O = torch.sigmoid(X_o + H @ W_ho.T + b_ho)  # noqa: E741  (B, H) output gate
+    return I, F_, C_tilde, O
+
+
+def lstm_cell(
+    X: Tensor, state: tuple[Tensor, Tensor], W_h: tuple[Tensor, ...], b_h: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor]:
+    """One step of one LSTM layer: ``c' = F ⊙ c + I ⊙ C~``, ``h' = O ⊙ tanh(c')``.
+
+    Args:
+        X: (B, 4H) the step's input projection, as :func:`lstm_gates` takes it.
+        state: ``(H, C)``, each (B, H): the hidden state and the memory cell.
+        W_h, b_h: as :func:`lstm_gates` takes them.
+
+    Returns:
+        ``(H, C)`` after the step, each (B, H).
+    """
+    H, C = state
+    I, F_, C_tilde, O = lstm_gates(X, H, W_h, b_h)  # noqa: E741  each (B, H)
     C = F_ * C + I * C_tilde  # (B, H)
     return O * torch.tanh(C), C  # (B, H), (B, H)
 
