@@ -107,9 +107,10 @@ def describe(checkpoint) -> dict[str, str]:
         "vocabulary": f"{len(checkpoint.vocab)} tokens",
     }
     if meta.data is not None:
-        data = meta.data
-        described["data"] = (f"{data.source}, {data.token} tokens, {data.cleaning} cleaning, "
-                             f"{data.num_tokens:,} tokens")
+        fields = meta.data.to_json()
+        described["data"] = ", ".join(f"{k} {fields[k]}" for k in
+                                      ("source", "token", "cleaning", "num_tokens")
+                                      if fields.get(k) is not None)
     val_loss = meta.metrics.get("best_val_loss")
     if isinstance(val_loss, (int, float)) and math.isfinite(val_loss):
         epoch = meta.metrics.get("best_epoch")
