@@ -70,12 +70,15 @@ function show(key) {
   }
   const scale = Math.max(...shown.values.map(Math.abs));
   const lo = Math.min(...shown.values), hi = Math.max(...shown.values);
+  // A gate is stretched over the range it takes on this text: a 0.42 … 0.49 swing shows.
+  const stretch = (v) => (hi > lo ? (v - lo) / (hi - lo) : 0.5);
   spans().forEach((span, t) => {
     span.className = data.ids[t] === 0 ? "unknown" : "";
-    span.style.background = colour(shown.values[t], scale, shown.gate);
+    const v = shown.values[t];
+    span.style.background = shown.gate ? colour(stretch(v), 0, true) : colour(v, scale, false);
   });
   document.getElementById("legend").textContent = shown.gate
-    ? `${shown.label}: white 0 … blue 1 (here ${fmt(lo)} … ${fmt(hi)})`
+    ? `${shown.label}: white ${fmt(lo)} … blue ${fmt(hi)} (the range on this text, in (0, 1))`
     : `${shown.label}: blue −${fmt(scale)} … white 0 … red +${fmt(scale)}`;
 }
 
