@@ -16,11 +16,16 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 from grulm.checkpoint import load_checkpoint
 from grulm.data.sources import read_prime_text
 from grulm.errors import ConfigError, DataError
 from grulm.generate import TextFormat
 from grulm.generate.text_format import prefix_ids
+from grulm.inspect import trace
+from grulm.inspect.page import page_data, render_page
+from grulm.plot import save_heatmap
 
 DEFAULT_MAX_CHARS = 500
 
@@ -55,9 +60,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from grulm.inspect.page import page_data, render_page
-    from grulm.plot import save_heatmap
-
     if args.max_chars < 1:
         raise ConfigError(f"--max-chars must be at least 1; got {args.max_chars}")
     for path in (args.out, args.png):
@@ -82,8 +84,6 @@ def run(args: argparse.Namespace) -> int:
         warnings.warn(note, stacklevel=1)
         notes.append(note)
         tokens, ids = tokens[: args.max_chars], ids[: args.max_chars]
-    import torch
-
     data = page_data(model, torch.tensor(ids), tokens, vocab.idx_to_token,
                      describe(checkpoint), layer=args.layer, joiner=text_format.joiner,
                      notes=notes)
@@ -125,8 +125,6 @@ def describe(checkpoint) -> dict[str, str]:
 
 def _heatmap(model, ids, layer: int | None) -> tuple[str, object]:
     """The first learned gate of ``layer`` (T, H), or H for a model without gates."""
-    from grulm.inspect import trace
-
     traces = trace(model, ids)
     name = (traces.learned_gates or ("H",))[0]
     return name, traces[name][:, -1 if layer is None else layer]
