@@ -74,3 +74,37 @@ def _axes(path: str | os.PathLike, title: str) -> Iterator:
     finally:
         plt.close(fig)
     os.replace(tmp, path)
+
+
+def save_heatmap(
+    path: str | os.PathLike, values, tokens: Sequence[str], title: str = ""
+) -> Path:
+    """Draw ``values`` (T, H), e.g. a gate per step and unit, as units (rows) × tokens
+    (columns), each column labelled with its token; written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    path = Path(path)
+    grid = [list(row) for row in zip(*values.tolist(), strict=True)]  # (H, T)
+    width = min(max(6.0, 0.12 * len(tokens) + 1.5), 40.0)
+    fig, ax = plt.subplots(figsize=(width, 4), dpi=100)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from",
+                                    category=UserWarning)
+            image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis")
+            fig.colorbar(image, ax=ax)
+            ax.set_xticks(range(len(tokens)), ["␣" if t == " " else t for t in tokens],
+                          fontsize=7, fontfamily="monospace")
+            ax.set_ylabel("unit")
+            if title:
+                ax.set_title(title)
+            fig.tight_layout()
+            tmp = path.with_name(f".{path.name}.part")
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    os.replace(tmp, path)
+    return path

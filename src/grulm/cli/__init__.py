@@ -29,7 +29,7 @@ from grulm import __version__
 from grulm.errors import GrulmError
 
 # Subcommand modules, in the order `grulm --help` lists them.
-SUBCOMMANDS = ["train", "eval", "generate", "info", "bench", "compare"]
+SUBCOMMANDS = ["train", "eval", "generate", "info", "inspect", "bench", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
