@@ -49,23 +49,25 @@ def save_curves_plot(
 
 
 @contextmanager
-def _axes(path: str | os.PathLike, title: str) -> Iterator:
-    """Axes to draw on; on leaving, the grid, legend and title are added and the figure is
-    written to ``path`` atomically."""
+def _axes(path: str | os.PathLike, title: str, *, width: float = 6.0,
+          curves: bool = True) -> Iterator:  # fmt: skip
+    """Axes to draw on; on leaving, the title (and for ``curves`` the grid and legend) are
+    added and the figure is written to ``path`` atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(width, 4), dpi=100)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from",
                                     category=UserWarning)
             yield ax
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
+            if curves:
+                ax.grid(True, which="both", alpha=0.3)
+                ax.legend()
             if title:
                 ax.set_title(title)
             fig.tight_layout()
@@ -81,30 +83,12 @@ def save_heatmap(
 ) -> Path:
     """Draw ``values`` (T, H), e.g. a gate per step and unit, as units (rows) × tokens
     (columns), each column labelled with its token; written atomically as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    path = Path(path)
     grid = [list(row) for row in zip(*values.tolist(), strict=True)]  # (H, T)
     width = min(max(6.0, 0.12 * len(tokens) + 1.5), 40.0)
-    fig, ax = plt.subplots(figsize=(width, 4), dpi=100)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from",
-                                    category=UserWarning)
-            image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis")
-            fig.colorbar(image, ax=ax)
-            ax.set_xticks(range(len(tokens)), ["␣" if t == " " else t for t in tokens],
-                          fontsize=7, fontfamily="monospace")
-            ax.set_ylabel("unit")
-            if title:
-                ax.set_title(title)
-            fig.tight_layout()
-            tmp = path.with_name(f".{path.name}.part")
-            fig.savefig(tmp, format="png")
-    finally:
-        plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    with _axes(path, title, width=width, curves=False) as ax:
+        image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis")
+        ax.figure.colorbar(image, ax=ax)
+        ax.set_xticks(range(len(tokens)), ["␣" if t == " " else t for t in tokens],
+                      fontsize=7, fontfamily="monospace")
+        ax.set_ylabel("unit")
+    return Path(path)
