@@ -46,6 +46,8 @@ class BenchConfig:
             in :class:`grulm.model.GRUConfig` (the embedding is ``hidden_size`` wide).
         batch_size, num_steps: B and T of every batch.
         lr, clip: SGD learning rate and the gradient-norm bound θ.
+        precision: of the grulm contenders' recurrent products (``float32`` or ``bf16``,
+            :mod:`grulm.backends.precision`); the seed's baselines always run in float32.
     """
 
     name: str
@@ -60,6 +62,7 @@ class BenchConfig:
     clip: float = 1.0
     cell: str = "gru"
     gates: str = "both"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         self.model_config("auto")  # a known cell, and gates only on a GRU
@@ -67,7 +70,7 @@ class BenchConfig:
     def model_config(self, backend: str) -> GRUConfig:
         return GRUConfig(self.vocab_size, self.hidden_size, num_layers=self.num_layers,
                          variant=self.variant, input_kind=self.input_kind, backend=backend,
-                         cell=self.cell, gates=self.gates)
+                         cell=self.cell, gates=self.gates, precision=self.precision)
 
     @property
     def tokens_per_batch(self) -> int:
@@ -209,7 +212,7 @@ def contenders(config: BenchConfig, device: torch.device) -> dict[str, Runner | 
     }
     for name, backend in backends.BACKENDS.items():
         reason = backend.unsupported(config.variant, device.type, cell=config.cell,
-                                     gates=config.gates)
+                                     gates=config.gates, precision=config.precision)
         found[f"grulm/{name}"] = reason or _grulm_runner(config, device, name)
     return found
 

@@ -97,14 +97,19 @@ def cell_label(cell: str, gates: str = "both", variant: str = "reset_before") ->
     return f"{variant} GRU{ablation}"
 
 
-def layer_options(cell: str, gates: str, variant: str) -> dict[str, object]:
+def layer_options(cell: str, gates: str, variant: str,
+                  precision: str = "float32") -> dict[str, object]:  # fmt: skip
     """The keyword arguments a backend's layer function of ``cell`` takes: a GRU's variant,
-    and its gates only when ablated (only the backends that implement ablations take it)."""
-    if cell != "gru":
-        return {}
-    options: dict[str, object] = {"reset_after": variant == "reset_after"}
-    if gates != "both":
-        options["gates"] = gates
+    its gates only when ablated (only the backends that implement ablations take it), and
+    the precision only when it is not float32 (only the backends that implement bf16 take
+    it: :attr:`grulm.backends.Backend.precisions`)."""
+    options: dict[str, object] = {}
+    if cell == "gru":
+        options["reset_after"] = variant == "reset_after"
+        if gates != "both":
+            options["gates"] = gates
+    if precision != "float32":
+        options["precision"] = precision
     return options
 
 

@@ -16,13 +16,14 @@ LSTM's: the pair (h, c), each (L, B, H)).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from grulm import backends
+from grulm.backends.precision import check_precision
 from grulm.backends.stack import run_layers
 from grulm.cells import CellLayout, State, cell_label, cell_layout, layer_options
 from grulm.errors import ConfigError
@@ -51,6 +52,10 @@ class GRUConfig:
             ``variant`` only matters for ``gru``.
         gates: a GRU's gates: ``both``; ablated, ``update`` (R ≡ 1), ``reset`` (Z ≡ 0) or
             ``none`` (a plain RNN through the GRU's code). Other cells: ``both``.
+        precision: of the recurrent layers' matrix products: ``float32`` (the default) or
+            ``bf16`` (bfloat16-rounded operands, float32 accumulation; weights, gradients,
+            gates, head and loss stay float32: :mod:`grulm.backends.precision`). Part of how
+            a model was trained; a trained model may be evaluated in either.
     """
 
     vocab_size: int
@@ -64,6 +69,7 @@ class GRUConfig:
     backend: str = "auto"
     cell: str = "gru"
     gates: str = "both"
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_layers"):
@@ -81,8 +87,14 @@ class GRUConfig:
         _check_choice("init", self.init, INITS)
         _check_choice("backend", self.backend, backends.backend_names())
         self.layout()  # a known cell, and gates only on a GRU
+        check_precision(self.precision)
         if self.backend != "auto":
-            reason = backends.BACKENDS[self.backend].refuses_cell(self.cell, self.gates)
+            backend = backends.BACKENDS[self.backend]
+            reason = backend.refuses_cell(self.cell, self.gates)
+            if reason is None and self.precision not in backend.precisions:
+                reason = (f"backend {self.backend!r} computes only in "
+                          f"{' / '.join(backend.precisions)}; precision {self.precision} runs "
+                          f"on: {backends.supporting_precision(self.precision)}")
             if reason is not None:
                 raise ConfigError(reason)
         if not 0.0 <= self.dropout < 1.0:
@@ -109,6 +121,8 @@ class GRUConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> GRUConfig:
+        """The inverse of :meth:`to_dict`; a field it lacks takes its default (a config saved
+        before ``precision`` existed is float32, as it was trained)."""
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"unknown model config fields: {', '.join(sorted(unknown))}")
@@ -218,11 +232,25 @@ class GRULM(nn.Module):
         return torch.zeros(shape, dtype=weight.dtype, device=device)
 
     def backend(self, device: torch.device | str | None = None) -> backends.Backend:
-        """The backend that runs this model's recurrence on ``device`` (default: its own)."""
+        """The backend that runs this model's recurrence on ``device`` (default: its own), in
+        the config's precision."""
         device = self.head.weight.device if device is None else device
         config = self.config
+        if config.precision != "float32":  # bf16 needs float32 parameters
+            return backends.resolve(config.backend, config.variant, device, cell=config.cell,
+                                    gates=config.gates, precision=config.precision,
+                                    dtype=self.head.weight.dtype)
         return backends.resolve(config.backend, config.variant, device, cell=config.cell,
                                 gates=config.gates)
+
+    def set_precision(self, precision: str) -> None:
+        """Compute the recurrent products in ``precision`` from now on (the weights are
+        float32 either way): e.g. evaluate a bf16-trained model in float32.
+
+        Raises:
+            ConfigError: an unknown precision, or one the config's named backend lacks.
+        """
+        self.config = replace(self.config, precision=precision)
 
     def forward(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Logits for the next token at every position.
@@ -273,11 +301,13 @@ class GRULM(nn.Module):
             # E[ids] W_ih^T = (E W_ih^T)[ids]: with fewer embeddings than tokens, fold the
             # table into layer 0's input weights, (G·H, V), and feed the ids as one-hot input.
             # The backend gathers rows of it: V·I·G·H multiply-adds instead of B·T·I·G·H.
+            # The fold is float32 in every precision: in bf16, layer 0's input projection
+            # is then float32 here where the unfolded path rounds E and W_ih.
             x = inputs
             layers[0][0] = F.linear(self.embedding.weight, layers[0][0]).T
         else:
             x = self.embedding(inputs)  # (B, T, E)
-        options = layer_options(config.cell, config.gates, config.variant)
+        options = layer_options(config.cell, config.gates, config.variant, config.precision)
         return run_layers(backend.layer(config.cell), x, state, layers, options,
                           dropout=config.dropout, training=self.training)
 

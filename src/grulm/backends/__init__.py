@@ -10,11 +10,14 @@ provide single-step decoding for generation, ``decode_step(params, x_ids, h) -> 
 over a model's own parameters (:class:`~grulm.backends.decode.DecodeParams`), whose readable
 reference is :func:`grulm.backends.reference.decode_step`. :func:`resolve` turns a backend
 name (or ``"auto"``) into a :class:`Backend`, checking that it supports the cell, gates,
-variant, device, dtype and capability asked for.
+variant, device, dtype, precision (:mod:`grulm.backends.precision`) and capability asked for.
+A layer function gets ``precision="bf16"`` only when bf16 is asked for; float32 calls pass
+no precision at all.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from torch import Tensor
 
 from grulm.backends import cpu, mingru, reference, torch_gru, torch_rnn
 from grulm.backends.decode import DecodeParams
+from grulm.backends.precision import PRECISIONS, check_precision
 from grulm.cells import CELLS, GATES, NAMES
 from grulm.errors import ConfigError
 
@@ -64,6 +68,9 @@ class Backend:
             (N, steps), h)`` (see :func:`grulm.backends.cpu.decode_greedy`), or None: then a
             decoder loops ``decode_step`` and the argmax.
         dtypes: the parameter dtypes it computes in, or None for any.
+        precisions: the precisions of its layers' products (:data:`~grulm.backends.precision.
+            PRECISIONS`); its layer functions take ``precision=`` when it has more than
+            ``float32``.
     """
 
     name: str
@@ -83,6 +90,7 @@ class Backend:
     decode_step: DecodeFn | None = None
     decode_greedy: GreedyFn | None = None
     dtypes: tuple[torch.dtype, ...] | None = None
+    precisions: tuple[str, ...] = ("float32",)
 
     def layer(self, cell: str) -> LayerFn | None:
         """The layer function of ``cell``, or None."""
@@ -103,10 +111,13 @@ class Backend:
         *,
         cell: str = "gru",
         gates: str = "both",
+        precision: str = "float32",
     ) -> str | None:
         """Why this backend cannot run ``variant`` on ``device_type`` (in ``dtype``, providing
-        ``capability`` for ``cell`` with ``gates``), or None if it can."""
-        return (self.refuses(variant, device_type, dtype, capability, cell=cell, gates=gates)
+        ``capability`` for ``cell`` with ``gates``, its products in ``precision``), or None if
+        it can."""
+        return (self.refuses(variant, device_type, dtype, capability, cell=cell, gates=gates,
+                             precision=precision)
                 or self.unavailable())
 
     def refuses(
@@ -118,6 +129,7 @@ class Backend:
         *,
         cell: str = "gru",
         gates: str = "both",
+        precision: str = "float32",
     ) -> str | None:
         """Like :meth:`unsupported`, but from what the backend implements alone: never builds
         or loads anything to find out whether this machine can run it."""
@@ -131,6 +143,10 @@ class Backend:
         if dtype is not None and self.dtypes is not None and dtype not in self.dtypes:
             names = " / ".join(str(d).removeprefix("torch.") for d in self.dtypes)
             return f"backend {self.name!r} computes only in {names}"
+        if capability == "layer" and precision not in self.precisions:
+            return (f"backend {self.name!r} computes its products only in "
+                    f"{' / '.join(self.precisions)}; precision {precision} runs on: "
+                    f"{supporting_precision(precision)}")
         return None
 
     def refuses_cell(self, cell: str, gates: str = "both",
@@ -163,6 +179,11 @@ def register(backend: Backend, *, auto_rank: int | None = None) -> None:
         AUTO_ORDER.insert(auto_rank, backend.name)
 
 
+def _precisions_of(layer: LayerFn) -> tuple[str, ...]:
+    """Every precision if ``layer`` takes a ``precision`` keyword, else float32 alone."""
+    return PRECISIONS if "precision" in inspect.signature(layer).parameters else ("float32",)
+
+
 register(
     Backend(
         name="reference",
@@ -176,6 +197,7 @@ register(
         gates=GATES,
         decode_step=reference.decode_step,
         decode_cells=CELLS,
+        precisions=PRECISIONS,
     ),
     auto_rank=0,
 )
@@ -209,6 +231,7 @@ register(
         decode_step=cpu.decode_step,
         decode_greedy=cpu.decode_greedy,
         dtypes=(torch.float32, torch.float64),
+        precisions=_precisions_of(cpu.gru_layer),
     ),
     auto_rank=0,
 )
@@ -226,6 +249,12 @@ def supporting(cell: str, gates: str = "both", capability: str = "layer") -> str
     return ", ".join([*names, "auto"])
 
 
+def supporting_precision(precision: str) -> str:
+    """The backends whose layers compute in ``precision``, as a list for messages."""
+    return ", ".join([*(name for name, backend in BACKENDS.items()
+                        if precision in backend.precisions), "auto"])
+
+
 def resolve(
     name: str,
     variant: str,
@@ -235,38 +264,46 @@ def resolve(
     capability: str = "layer",
     cell: str = "gru",
     gates: str = "both",
+    precision: str = "float32",
 ) -> Backend:
     """Pick the backend for a model, or for decoding with it (``capability='decode_step'``).
 
     ``auto`` takes the first backend in :data:`AUTO_ORDER` that provides ``capability`` for
-    the cell, gates, variant, device and dtype; if a faster one is unavailable on this
-    machine (say its extension could not be built), it warns once, saying why and what to
-    install, and falls back to the next.
+    the cell, gates, variant, device, dtype and (for layers) precision; if a faster one is
+    unavailable on this machine (say its extension could not be built), it warns once,
+    saying why and what to install, and falls back to the next.
 
     Raises:
-        ConfigError: an unknown name, or a named backend that cannot do what is asked.
+        ConfigError: an unknown name or precision, bf16 with parameters that are not float32,
+            or a named backend that cannot do what is asked.
     """
     if capability not in CAPABILITIES:
         raise ValueError(f"capability must be one of {CAPABILITIES}, got {capability!r}")
+    check_precision(precision)
+    if precision != "float32" and dtype not in (None, torch.float32):
+        raise ConfigError(f"precision {precision} rounds the products of float32 parameters; "
+                          f"these are {str(dtype).removeprefix('torch.')}: convert the model "
+                          "to float32, or use precision float32")
     device_type = torch.device(device).type
     if name == "auto":
         for candidate in AUTO_ORDER:
             backend = BACKENDS[candidate]
             if backend.refuses(variant, device_type, dtype, capability, cell=cell,
-                               gates=gates) is not None:
+                               gates=gates, precision=precision) is not None:
                 continue
             reason = backend.unavailable()
             if reason is None:
                 return backend
             _warn_once(f"grulm: backend {candidate!r} is unavailable ({reason}); falling back")
+        products = "" if precision == "float32" else f", precision {precision}"
         raise ConfigError(f"no backend supports the {NAMES[cell]} cell (variant {variant!r}, "
-                          f"gates {gates!r}) on device {device_type!r}")
+                          f"gates {gates!r}{products}) on device {device_type!r}")
     if name not in BACKENDS:
         raise ConfigError(
             f"unknown backend {name!r}; choose one of: {', '.join(backend_names())}"
         )
     reason = BACKENDS[name].unsupported(variant, device_type, dtype, capability, cell=cell,
-                                        gates=gates)
+                                        gates=gates, precision=precision)
     if reason is not None:
         raise ConfigError(f"{reason}; use backend='auto' to pick one that can")
     return BACKENDS[name]

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from grulm.backends import precision as precisions
 from grulm.backends.projection import project_inputs
 
 
@@ -52,18 +53,20 @@ def mingru_gates(X: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def mingru_sequential(
-    x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor
+    x: Tensor, h0: Tensor, weight_ih: Tensor, bias_ih: Tensor, *, precision: str = "float32"
 ) -> tuple[Tensor, Tensor]:
     """One minGRU layer, one time step per loop iteration (the reference).
 
     Args:
         x: (B, T) int64 token ids (one-hot input) or (B, T, I) features.
         h0: (B, H); weight_ih: (2H, V) or (2H, I), blocks z, h; bias_ih: (2H,).
+        precision: of the input projection, its one product
+            (:func:`grulm.backends.precision.project_inputs`).
 
     Returns:
         outputs (B, T, H), the state after every step; h_T (B, H).
     """
-    inputs = project_inputs(x, weight_ih, bias_ih)  # (B, T, 2H)
+    inputs = precisions.project_inputs(x, weight_ih, bias_ih, precision)  # (B, T, 2H)
     H = h0
     outputs = []
     for X in inputs.unbind(1):

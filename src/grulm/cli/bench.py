@@ -11,6 +11,7 @@ import sys
 import torch
 
 from grulm import bench
+from grulm.backends.precision import PRECISIONS
 from grulm.cells import CELLS, GATES, cell_label
 from grulm.errors import ConfigError
 
@@ -37,6 +38,9 @@ def add_parser(subparsers) -> None:
                         help="benchmark this cell instead of the GRU (the baseline stays nn.GRU)")
     parser.add_argument("--gates", metavar="|".join(GATES),
                         help="a GRU's gates: both (default), update, reset, none")
+    parser.add_argument("--precision", metavar="|".join(PRECISIONS),
+                        help="of grulm's recurrent products: float32 (default) or bf16; "
+                        "the textbook and nn.GRU baselines stay float32")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     timing.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     reports = []
     for name in names:
         config = CONFIGS[name]
-        overrides = {name: getattr(args, name) for name in ("variant", "cell", "gates")
+        overrides = {name: getattr(args, name) for name in ("variant", "cell", "gates", "precision")
                      if getattr(args, name) is not None}
         config = bench.BenchConfig(**{**config.__dict__, **overrides})
         batches = args.batches or (10 if name == "seed" else 2)
@@ -109,9 +113,10 @@ def _load_average() -> float | None:
 
 def _table(report: bench.Report) -> str:
     c = report.config
+    precision = "" if c.precision == "float32" else f"grulm in {c.precision}, "
     lines = [
         f"{c.name}: {c.num_layers}×{c.hidden_size} {cell_label(c.cell, c.gates, c.variant)}, "
-        f"{c.input_kind} input, "
+        f"{c.input_kind} input, {precision}"
         f"V={c.vocab_size}, B={c.batch_size}, T={c.num_steps}; {report.device}, "
         f"{report.threads} threads; median of {report.repeats} rounds × {report.batches} steps",
         f"{'contender':<16} {'tokens/s':>10} {'× nn.GRU':>9}   {'min–max':>17}",

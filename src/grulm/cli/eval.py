@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from grulm import memory
+from grulm.backends.precision import PRECISIONS, check_precision
 from grulm.checkpoint import DataInfo, load_checkpoint
 from grulm.data.batches import eval_batches
 from grulm.data.corpus import load_corpus
@@ -48,6 +49,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--num-steps", type=int, default=35,
                         help="tokens per forward call (the state is carried between them)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto [cpu]")
+    parser.add_argument("--precision", metavar="|".join(PRECISIONS),
+                        help="of the recurrent layers' matrix products (the weights are float32 "
+                        "either way) [the checkpoint's]")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -56,23 +60,32 @@ def run(args: argparse.Namespace) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--num-steps", args.num_steps)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if args.precision is not None:
+        check_precision(args.precision)
     device = resolve_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint, map_location=device)
+    model = checkpoint.model
+    if args.precision is not None:
+        model.set_precision(args.precision)
+    model.backend()  # a backend for its precision and dtype, before any data is read
     data = checkpoint.meta.data or DataInfo()
     if args.data is None:
         ids, what = _training_split(checkpoint, data, args.split or "val")
     else:
         ids, what = _other_text(checkpoint, data, args.data, args.split or "all")
     _check_memory(checkpoint.model.config, ids, args.batch_size, args.num_steps, device)
-    result = evaluate(checkpoint.model, ids, args.batch_size, args.num_steps)
-    recall = evaluate_recall(checkpoint.model, checkpoint.vocab, args.data or data.source, ids,
+    result = evaluate(model, ids, args.batch_size, args.num_steps)
+    recall = evaluate_recall(model, checkpoint.vocab, args.data or data.source, ids,
                              args.batch_size, args.num_steps)
     unit = data.token
     if args.json:
         print(json.dumps({"checkpoint": str(checkpoint.directory), "data": what,
-                          **result.to_dict(), **(recall.to_dict() if recall else {})}))
+                          "precision": model.config.precision, **result.to_dict(),
+                          **(recall.to_dict() if recall else {})}))
         return 0
-    print(f"{what}: {result.tokens:,} predictions")
+    products = "" if model.config.precision == "float32" else \
+        f" ({model.config.precision} products)"
+    print(f"{what}: {result.tokens:,} predictions{products}")
     print(f"perplexity {result.perplexity:.4f}, {result.loss:.4f} nats/{unit}, "
           f"{result.bits_per_token:.4f} bits/{unit}")
     if recall is not None:

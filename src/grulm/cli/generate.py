@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from grulm import memory
+from grulm.backends.precision import PRECISIONS, check_precision
 from grulm.cells import NAMES
 from grulm.checkpoint import load_checkpoint
 from grulm.cli import warnings_as_lines
@@ -131,6 +132,11 @@ def add_parser(subparsers) -> None:
         "--device", default="cpu", help="where to run the model: cpu, cuda, cuda:N or auto "
         "(default cpu)"
     )
+    output.add_argument(
+        "--precision", metavar="|".join(PRECISIONS),
+        help="of the recurrent layers' matrix products (default: the checkpoint's); bf16 "
+        "decodes through the model's layers, float32 through the fast single-step decoder",
+    )
     parser.set_defaults(func=run)
 
 
@@ -158,11 +164,19 @@ def run(args: argparse.Namespace) -> int:
     if args.allow_unk:
         options["allow_unk"] = True
     _check_batch(args)
+    if args.precision is not None:
+        check_precision(args.precision)
     device = resolve_device(args.device)
     prefix = read_prime_text(args.prime_file) if args.prime_file else args.prefix
     with warnings_as_lines("grulm generate"):
         checkpoint = load_checkpoint(args.checkpoint, map_location=device)
         top_k = check_options(len(checkpoint.vocab), **options)
+    model = checkpoint.model
+    if args.precision is not None:
+        model.set_precision(args.precision)
+    model.backend()  # a backend for its precision and dtype, before anything is generated
+    # The single-step decoders compute in float32: bf16 steps through the model's layers.
+    options["fast"] = model.config.precision == "float32"
     _check_memory(checkpoint.model.config, args, device)
     if top_k is not None:
         options["top_k"] = top_k  # clamped once, with one warning

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from grulm import backends
+from grulm.backends.precision import PRECISIONS
 from grulm.cells import CELLS, GATES
 from grulm.cli.train_output import EXIT_ON_SIGNAL, Printer, SignalStop
 from grulm.data.text import CLEANINGS, TOKENS
@@ -93,7 +94,10 @@ def add_spec_flags(parser, shown: dict[str, Any] = SEED) -> None:
                         "runs the cell"}),
          ("--cell", {"metavar": "|".join(CELLS), "help": "the recurrent cell"}),
          ("--gates", {"metavar": "|".join(GATES), "help": "a GRU's gates; update: R≡1, reset: "
-                      "Z≡0, none: a plain RNN"}))
+                      "Z≡0, none: a plain RNN"}),
+         ("--precision", {"metavar": "|".join(PRECISIONS), "help": "of the recurrent "
+                          "layers' matrix products; bf16: bfloat16 operands, float32 "
+                          "accumulation, weights and loss"}))
     _add(parser, shown, "optimisation", *[(f"--{n}", {"type": t}) for n, t in (
         ("epochs", int), ("batch-size", int), ("num-steps", int), ("lr", float), ("clip", float),
         ("seed", int), ("weight-decay", float), ("beta1", float), ("beta2", float),

@@ -71,8 +71,10 @@ class Printer(SignalStop):
         print(f"grulm train: {spec.data.data} ({len(run.splits.train):,} training, "
               f"{0 if val is None else len(val):,} validation {spec.data.token} tokens, vocab "
               f"{model.vocab_size}), {model.num_layers}×{model.hidden_size} "
-              f"{model.cell_label}, {model.input_kind} input, backend {run.backend}, "
-              f"{spec.train.optimizer} lr {spec.train.lr:g} {spec.train.schedule}, {run.device}"
+              f"{model.cell_label}, {model.input_kind} input, backend {run.backend}"
+              + ("" if model.precision == "float32" else f" in {model.precision}")
+              + f", {spec.train.optimizer} lr {spec.train.lr:g} {spec.train.schedule}, "
+              f"{run.device}"
               + (f", {w.size} ranks on {w.nodes} machine{'s' * (w.nodes > 1)} × "
                  f"{torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)}"
                  if (w := run.world).distributed else "")

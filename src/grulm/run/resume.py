@@ -161,8 +161,8 @@ def spec_from_checkpoint(checkpoint: Checkpoint) -> RunSpec:
 
 def refuse_differences(checkpoint: Checkpoint, spec: RunSpec, model_config: GRUConfig,
                        vocab: Vocab, data: DataInfo) -> None:  # fmt: skip
-    """Refuse to resume ``checkpoint`` with another model, vocabulary, data or training
-    settings than it was saved with (only budgets may change).
+    """Refuse to resume ``checkpoint`` with another model (its precision included),
+    vocabulary, data or training settings than it was saved with (only budgets may change).
 
     Raises:
         ConfigError: listing every difference.
@@ -176,6 +176,13 @@ def refuse_differences(checkpoint: Checkpoint, spec: RunSpec, model_config: GRUC
         *differences("train", saved.train or {}, spec.train.to_dict(),
                      ignore=BUDGET_FIELDS),
     ]
+    saved_precision = checkpoint.model.config.precision
+    if saved_precision != model_config.precision:
+        problems.append(
+            f"the precision is part of the run's arithmetic: its steps so far were taken in "
+            f"{saved_precision}, so resume it without --precision (it continues in "
+            f"{saved_precision}); to train in {model_config.precision}, start a new run "
+            "(grulm eval and generate may use either precision on this checkpoint)")
     if problems:
         raise ConfigError(
             f"cannot resume {checkpoint.directory}: this run differs from the one saved there:\n  "

@@ -88,6 +88,7 @@ class ModelSpec:
     backend: str = _MODEL_DEFAULTS["backend"]
     cell: str = _MODEL_DEFAULTS["cell"]
     gates: str = _MODEL_DEFAULTS["gates"]
+    precision: str = _MODEL_DEFAULTS["precision"]
 
     def __post_init__(self) -> None:
         # Refused here, not in GRUConfig: checkpoints written before this check may hold
