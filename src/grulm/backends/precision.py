@@ -53,7 +53,10 @@ def check_precision(precision: object) -> str:
     """
     if isinstance(precision, str) and precision in PRECISIONS:
         return precision
-    hint = _HINTS.get(precision.lower()) if isinstance(precision, str) else None
+    hint = None
+    if isinstance(precision, str):
+        name = precision.strip().lower()
+        hint = f"write it {name}" if name in PRECISIONS else _HINTS.get(name)
     raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}"
                       + (f" ({hint})" if hint else ""))
 
