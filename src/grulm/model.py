@@ -117,7 +117,12 @@ class GRUConfig:
         return cell_label(self.cell, self.gates, self.variant)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as JSON, ``precision`` only when it is not float32: a float32 config is
+        written as before precisions existed, and reads so in any grulm."""
+        data = asdict(self)
+        if self.precision == "float32":
+            del data["precision"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> GRUConfig:

@@ -94,7 +94,7 @@ def test_help_shows_the_settings_a_flag_less_run_uses(monkeypatch):
                     if isinstance(value, tuple) else str(value))
         shown = re.search(r"\[([^\]]*)\]$", helps[f"--{name.replace('_', '-')}"])
         assert shown is not None and shown.group(1) == expected, (name, shown, expected)
-    assert len(names) == 44
+    assert len(names) == 45
     assert TrainConfig().eval_every != flat["eval_every"] == 10  # the preset's, not the class's
 
 

@@ -20,7 +20,7 @@ The data RNG's state is in the JSON (Python's Mersenne Twister, 625 integers).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any
 
 import torch
@@ -169,7 +169,7 @@ def refuse_differences(checkpoint: Checkpoint, spec: RunSpec, model_config: GRUC
     """
     saved = checkpoint.meta
     problems = [
-        *differences("model", checkpoint.model.config.to_dict(), model_config.to_dict(),
+        *differences("model", asdict(checkpoint.model.config), asdict(model_config),
                      ignore=("backend",)),
         *vocab_differences(checkpoint.vocab, vocab),
         *differences("data", (saved.data or DataInfo()).to_json(), data.to_json()),
