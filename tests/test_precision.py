@@ -178,7 +178,7 @@ def test_backends_declare_their_precisions_and_resolve_refuses_the_others():
     with pytest.raises(ConfigError, match="rounds the products of float32 parameters; these "
                        "are float64"):
         backends.resolve("auto", "reset_before", "cpu", precision="bf16", dtype=torch.float64)
-    with pytest.raises(ConfigError, match="backend 'torch' computes only in float32"):
+    with pytest.raises(ConfigError, match="backend 'torch' computes its products only in float32"):
         GRUConfig(28, backend="torch", variant="reset_after", precision="bf16")
 
 

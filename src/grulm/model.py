@@ -90,11 +90,8 @@ class GRUConfig:
         check_precision(self.precision)
         if self.backend != "auto":
             backend = backends.BACKENDS[self.backend]
-            reason = backend.refuses_cell(self.cell, self.gates)
-            if reason is None and self.precision not in backend.precisions:
-                reason = (f"backend {self.backend!r} computes only in "
-                          f"{' / '.join(backend.precisions)}; precision {self.precision} runs "
-                          f"on: {backends.supporting_precision(self.precision)}")
+            reason = (backend.refuses_cell(self.cell, self.gates)
+                      or backend.refuses_precision(self.precision))
             if reason is not None:
                 raise ConfigError(reason)
         if not 0.0 <= self.dropout < 1.0:

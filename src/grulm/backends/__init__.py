@@ -143,11 +143,18 @@ class Backend:
         if dtype is not None and self.dtypes is not None and dtype not in self.dtypes:
             names = " / ".join(str(d).removeprefix("torch.") for d in self.dtypes)
             return f"backend {self.name!r} computes only in {names}"
-        if capability == "layer" and precision not in self.precisions:
-            return (f"backend {self.name!r} computes its products only in "
-                    f"{' / '.join(self.precisions)}; precision {precision} runs on: "
-                    f"{supporting_precision(precision)}")
+        if capability == "layer":
+            return self.refuses_precision(precision)
         return None
+
+    def refuses_precision(self, precision: str) -> str | None:
+        """Why this backend's layers cannot compute their products in ``precision``, naming
+        the backends that can; None if they can."""
+        if precision in self.precisions:
+            return None
+        return (f"backend {self.name!r} computes its products only in "
+                f"{' / '.join(self.precisions)}; precision {precision} runs on: "
+                f"{supporting_precision(precision)}")
 
     def refuses_cell(self, cell: str, gates: str = "both",
                      capability: str = "layer") -> str | None:  # fmt: skip
