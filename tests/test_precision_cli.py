@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grulm.checkpoint import load_checkpoint
+from grulm.checkpoint import load_checkpoint, save_checkpoint
 from test_cli import _assert_clean_error
 
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
@@ -148,3 +148,15 @@ def test_bad_precisions_are_one_line_and_write_nothing(runs, run_grulm_process, 
         args += ["--out", out]
     _assert_clean_error(run_grulm_process(*args, env=env), pattern)
     assert not out.exists()
+
+
+def test_bf16_on_a_float64_checkpoint_is_one_line(runs, run_grulm_process, tmp_path):
+    found, env, tmp = runs
+    checkpoint = load_checkpoint(found["float32"][0])
+    save_checkpoint(tmp_path / "f64", checkpoint.model.double(), checkpoint.vocab, {})
+    for command in ("eval", "generate"):
+        result = run_grulm_process(command, tmp_path / "f64", "--precision", "bf16",
+                                   *(["--data", tmp / "small.txt"] if command == "eval" else []),
+                                   env=env)
+        _assert_clean_error(result, "precision bf16 rounds the products of float32 parameters; "
+                            "these are float64")
