@@ -157,7 +157,6 @@ def window_steps(model: GRULM, batch_size: int, num_steps: int) -> int:
     return max(num_steps, WINDOW_ELEMENTS // (batch_size * max(model.head.weight.shape)))
 
 
-@torch.inference_mode()
 def _carried_pass(model: GRULM, ids: Tensor, batch_size: int, num_steps: int,
                   world: World | None, score: Callable) -> list[float]:  # fmt: skip
     """Sums of ``score(X, Y, state, start) -> (sums (k,), state)`` over every window of
@@ -171,13 +170,17 @@ def _carried_pass(model: GRULM, ids: Tensor, batch_size: int, num_steps: int,
     first = next(batches)  # checks the sizes before the state is allocated
     was_training = model.training
     model.eval()
-    state = model.begin_state(batch_size // world.size)
-    sums = None
-    start = 0
-    for X, Y in itertools.chain([first], batches):
-        X, Y = world.rows(X), world.rows(Y)  # this rank's streams
-        found, state = score(X, Y, state, start)
-        sums = found if sums is None else sums + found
-        start += X.shape[1]
-    model.train(was_training)
-    return world.sum(sums.cpu().tolist())
+    try:
+        with torch.inference_mode():
+            state = model.begin_state(batch_size // world.size)
+            sums = None
+            start = 0
+            for X, Y in itertools.chain([first], batches):
+                X, Y = world.rows(X), world.rows(Y)  # this rank's streams
+                found, state = score(X, Y, state, start)
+                sums = found if sums is None else sums + found
+                start += X.shape[1]
+            local = sums.cpu().tolist()
+    finally:
+        model.train(was_training)
+    return world.sum(local)  # outside inference mode: the collective gets an ordinary tensor
