@@ -8,18 +8,25 @@ For one configuration (:class:`BenchConfig`), every contender trains on the same
 - ``nn.GRU``: the seed's concise model (``nn.GRU`` over float one-hot inputs; an
   ``nn.Embedding`` in front when the config asks for one) in the same loop: the baseline;
 - ``grulm/<backend>``: :class:`grulm.model.GRULM` in grulm's training loop
-  (:func:`grulm.train.fit`, one epoch of the round's batches per round), one per registered
-  backend that supports the config's cell, gates and variant on the device. With another
-  cell than the GRU, the ratios still compare with the seed's ``nn.GRU``.
+  (:func:`grulm.train.fit` with the step :func:`grulm.train.build_step` makes, as ``grulm
+  train`` runs it, in the process's thread count), one per registered backend that supports
+  the config's cell, gates and variant on the device. With another cell than the GRU, the
+  ratios still compare with the seed's ``nn.GRU``.
 
-Honest timing (STYLE 10): a warm-up, then ``repeats`` rounds in which every contender runs
-``batches`` training steps in turn (so background load hits all of them alike), the device
-synchronised before the clock stops, and the median of the rounds reported. Nothing here
-prints: :mod:`grulm.cli.bench` renders the table and the JSON line.
+An epoch is one pass over the same ``batches`` fixed batches, the state carried from batch to
+batch. Honest timing (STYLE 10): a warm-up, then ``repeats`` rounds in which every contender
+trains in turn (so background load hits all of them alike), the device synchronised before
+the clock stops, and the median of the rounds reported. A round is as many whole epochs as
+fill ``min_round_seconds`` (sized from the last warm-up epoch), like a stretch of a training
+run: the start of a round (threads waking up, caches refilled after the other contenders)
+is then a small part of it, as it is of training, whose epochs follow each other. Nothing
+here prints: :mod:`grulm.cli.bench` renders the table and the JSON line.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +36,7 @@ import torch
 from torch import nn
 
 from grulm import backends, textbook
+from grulm.backends import cpu
 from grulm.data.batches import EpochBatches
 from grulm.model import GRULM, GRUConfig
 from grulm.train import TrainConfig, build_step, fit
@@ -93,6 +101,7 @@ class Result:
         rounds: tokens/s of every round.
         skipped: why it did not run, if it did not.
         ratio: ``tokens_per_s`` over the baseline's (``nn.GRU``) in the same run.
+        epochs_per_round: epochs of ``batches`` steps in each of its timed rounds.
     """
 
     contender: str
@@ -100,11 +109,18 @@ class Result:
     rounds: list[float] = field(default_factory=list)
     skipped: str | None = None
     ratio: float | None = None
+    epochs_per_round: int | None = None
 
 
 @dataclass
 class Report:
-    """Everything one configuration's run measured, with the conditions it ran under."""
+    """Everything one configuration's run measured, with the conditions it ran under.
+
+    Attributes:
+        batches: training steps per epoch; min_round_seconds: what a round lasts at least.
+        isa: the instruction-set path of the ``cpu`` backend's kernels in this process
+            (:func:`grulm.backends.cpu.isa`), or None where that backend cannot load.
+    """
 
     config: BenchConfig
     results: list[Result]
@@ -113,21 +129,26 @@ class Report:
     warmup: int
     repeats: int
     batches: int
+    min_round_seconds: float
+    isa: str | None
 
     def to_dict(self) -> dict:
         return {
             "config": asdict(self.config),
             "threads": self.threads,
             "device": self.device,
+            "isa": self.isa,
             "warmup": self.warmup,
             "repeats": self.repeats,
             "batches": self.batches,
+            "min_round_seconds": self.min_round_seconds,
             "results": [asdict(r) for r in self.results],
         }
 
 
-# A step function trains on a list of (X, Y) batches and returns once the device is done.
-Runner = Callable[[list[tuple[torch.Tensor, torch.Tensor]]], None]
+# A runner trains ``epochs`` epochs over a list of (X, Y) batches (the state carried from
+# batch to batch, from zeros at each epoch's start) and returns once the device is done.
+Runner = Callable[[list[tuple[torch.Tensor, torch.Tensor]], int], None]
 
 
 class EmbeddingRNNModel(textbook.RNNModel):
@@ -146,8 +167,9 @@ def _seed_loop_runner(net, device: torch.device, lr: float) -> Runner:
     updater = textbook.make_updater(net, lr)
     loss = nn.CrossEntropyLoss()
 
-    def run(batches):
-        textbook.train_epoch(net, batches, loss, updater, device, use_random_iter=False)
+    def run(batches, epochs):
+        for _ in range(epochs):
+            textbook.train_epoch(net, batches, loss, updater, device, use_random_iter=False)
         _synchronize(device)  # the seed's loop already waits for every loss; for symmetry
 
     return run
@@ -179,11 +201,12 @@ def _grulm_runner(config: BenchConfig, device: torch.device, backend: str) -> Ru
                                num_steps=config.num_steps, lr=config.lr, clip=config.clip)
     update = build_step(model, train_config)
 
-    def run(batches):
+    def run(batches, epochs):
         epoch = _FixedBatches(batches)
-        # A fresh one-epoch run each round; fit reads the epoch's loss, so it returns once
-        # the device is done.
-        fit(model, lambda rng: epoch, train_config, optimizer=update)
+        # A fresh run of `epochs` epochs each round; fit reads every epoch's loss, so it
+        # returns once the device is done.
+        fit(model, lambda rng: epoch, dataclasses.replace(train_config, epochs=epochs),
+            optimizer=update)
 
     return run
 
@@ -241,14 +264,18 @@ def run(
     repeats: int = 5,
     only: list[str] | None = None,
     seed: int = 0,
+    min_round_seconds: float = 1.0,
 ) -> Report:
     """Measure training tokens/s of every contender on ``config``.
 
     Args:
-        batches: training steps per round (each round is timed as a whole).
-        warmup: untimed rounds per contender first.
+        batches: training steps per epoch.
+        warmup: untimed epochs per contender first (at least one when ``min_round_seconds``
+            is positive: the last one sizes the rounds).
         repeats: timed rounds; contenders take turns within each round.
         only: contender names to run (the baseline always runs); None for all.
+        min_round_seconds: each contender's round is the fewest whole epochs expected to
+            last this long (each timed as a whole); 0: one epoch per round.
 
     Returns:
         A :class:`Report` with the median tokens/s and the ratio to ``nn.GRU`` of each.
@@ -261,23 +288,43 @@ def run(
         if not isinstance(runner, str) and (only is None or name in only or name == BASELINE)
     }
     data = _batches(config, batches, device, seed)
-    for runner in runners.values():
-        for _ in range(warmup):
-            runner(data)
+    epochs = {name: _warm_up(runner, data, warmup, min_round_seconds)
+              for name, runner in runners.items()}
     rounds: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         for name, runner in runners.items():
             start = time.perf_counter()
-            runner(data)
-            rounds[name].append(batches * config.tokens_per_batch / (time.perf_counter() - start))
+            runner(data, epochs[name])
+            seconds = time.perf_counter() - start
+            rounds[name].append(epochs[name] * batches * config.tokens_per_batch / seconds)
     results = []
     for name, runner in found.items():
         if isinstance(runner, str):
             results.append(Result(name, skipped=runner))
         elif name in rounds:
-            results.append(Result(name, statistics.median(rounds[name]), rounds[name]))
+            results.append(Result(name, statistics.median(rounds[name]), rounds[name],
+                                  epochs_per_round=epochs[name]))
     baseline = next(r.tokens_per_s for r in results if r.contender == BASELINE)
     for result in results:
         if result.tokens_per_s is not None:
             result.ratio = result.tokens_per_s / baseline
-    return Report(config, results, torch.get_num_threads(), str(device), warmup, repeats, batches)
+    return Report(config, results, torch.get_num_threads(), str(device), warmup, repeats,
+                  batches, min_round_seconds, _cpu_isa())
+
+
+def _warm_up(runner: Runner, data, warmup: int, min_round_seconds: float) -> int:
+    """Run the untimed epochs; return the epochs per round that fill ``min_round_seconds``
+    at the pace of the last of them (1 when it is 0)."""
+    seconds = None
+    for _ in range(max(warmup, 1 if min_round_seconds > 0 else 0)):
+        start = time.perf_counter()
+        runner(data, 1)
+        seconds = time.perf_counter() - start
+    if min_round_seconds <= 0:
+        return 1
+    return max(1, math.ceil(min_round_seconds / max(seconds, 1e-9)))
+
+
+def _cpu_isa() -> str | None:
+    """The ``cpu`` backend's instruction-set path, or None where it cannot load."""
+    return None if cpu.unavailable() is not None else cpu.isa()

@@ -5,6 +5,12 @@ windows of T tokens; each window starts from the state the previous one ended in
 token after the first of its stream is predicted with its whole left context in that stream,
 as in training with the sequential partition. Every prediction is scored exactly once.
 
+Since the state is carried, the window length changes nothing but the float rounding of the
+per-window means: windows are lengthened from T up to :data:`WINDOW_ELEMENTS` activations
+(:func:`window_steps`), so that a split is read in a few calls, each paying its Python-level
+dispatch and thread-team start once for many steps. The pass runs under
+``torch.inference_mode``: no autograd graph, and the fused kernels run forward only.
+
 In a data-parallel run each rank scores its contiguous share of the B streams and the sums are
 added up across the ranks, so the split is read once, in parallel, and every rank gets the
 same result (the one process's, up to the order of the float64 sum).
@@ -28,6 +34,10 @@ from grulm.data.recall import CUE, recall_task
 from grulm.data.vocab import Vocab
 from grulm.distributed import World
 from grulm.model import GRULM
+
+# The most elements of the widest activation, (B, t, max(H, V)), an evaluation window may hold:
+# 32 MiB of float32, a few such tensors at once.
+WINDOW_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ def evaluate(model: GRULM, ids: Tensor, batch_size: int = 32, num_steps: int = 3
     at the end.
 
     Args:
+        num_steps: the shortest window; :func:`window_steps` lengthens it.
         world: the ranks that share the streams (``batch_size`` must split evenly across
             them); None: this process scores them all.
 
@@ -139,25 +150,37 @@ def evaluate_recall(model: GRULM, vocab: Vocab, source: str | None, ids: Tensor,
     return recall_accuracy(model, ids, vocab[CUE], task.distance, batch_size, num_steps, world)
 
 
-@torch.no_grad()
+def window_steps(model: GRULM, batch_size: int, num_steps: int) -> int:
+    """The window length an evaluation reads: ``num_steps``, or more where a window of
+    ``batch_size`` streams stays within :data:`WINDOW_ELEMENTS` elements of the model's
+    widest activation: the hidden state (B, t, H) or the logits (B, t, V)."""
+    return max(num_steps, WINDOW_ELEMENTS // (batch_size * max(model.head.weight.shape)))
+
+
 def _carried_pass(model: GRULM, ids: Tensor, batch_size: int, num_steps: int,
                   world: World | None, score: Callable) -> list[float]:  # fmt: skip
     """Sums of ``score(X, Y, state, start) -> (sums (k,), state)`` over every window of
     ``ids`` read in ``batch_size`` streams with the state carried (``start``: the window's
-    first column in its stream), this rank's rows, added up across ranks; one host sync."""
+    first column in its stream; windows of :func:`window_steps`), this rank's rows, added up
+    across ranks; one host sync."""
     world = world if world is not None else World()
     device = model.head.weight.device
-    batches = eval_batches(ids.to(device), batch_size, num_steps)
+    steps = window_steps(model, batch_size, num_steps)
+    batches = eval_batches(ids.to(device), batch_size, steps)
     first = next(batches)  # checks the sizes before the state is allocated
     was_training = model.training
     model.eval()
-    state = model.begin_state(batch_size // world.size)
-    sums = None
-    start = 0
-    for X, Y in itertools.chain([first], batches):
-        X, Y = world.rows(X), world.rows(Y)  # this rank's streams
-        found, state = score(X, Y, state, start)
-        sums = found if sums is None else sums + found
-        start += X.shape[1]
-    model.train(was_training)
-    return world.sum(sums.cpu().tolist())
+    try:
+        with torch.inference_mode():
+            state = model.begin_state(batch_size // world.size)
+            sums = None
+            start = 0
+            for X, Y in itertools.chain([first], batches):
+                X, Y = world.rows(X), world.rows(Y)  # this rank's streams
+                found, state = score(X, Y, state, start)
+                sums = found if sums is None else sums + found
+                start += X.shape[1]
+            local = sums.cpu().tolist()
+    finally:
+        model.train(was_training)
+    return world.sum(local)  # outside inference mode: the collective gets an ordinary tensor

@@ -58,7 +58,7 @@ class FusedGRULayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, table, h0, weight_hh, bias_ih, bias_hh, reset_after):
         out, h_T, gates, extra = torch.ops.grulm_cpu.forward(
-            x, table, h0, weight_hh, bias_ih, bias_hh, reset_after
+            x, table, h0, weight_hh, bias_ih, bias_hh, reset_after, True
         )
         ctx.save_for_backward(x, table, h0, out, gates, extra, weight_hh)
         ctx.reset_after = reset_after
@@ -95,6 +95,8 @@ def gru_layer(
 
     Returns:
         outputs (B, T, H) (a batch-first view of time-major storage) and h_T (B, H).
+        Where no gradient can flow (grad mode off, or no input requiring one) the kernel runs
+        forward only: it saves nothing for a backward and builds no autograd node.
 
     Raises:
         RuntimeError: the extension cannot be built or loaded here.
@@ -105,7 +107,11 @@ def gru_layer(
         x, table = x.T, weight_ih.T.contiguous()  # (T, B), (V, 3H)
     else:
         x, table = torch.nn.functional.linear(x.transpose(0, 1), weight_ih), None  # (T, B, 3H)
-    out, h_T = FusedGRULayer.apply(x, table, h0, weight_hh, bias_ih, bias_hh, reset_after)
+    inputs = (x, table, h0, weight_hh, bias_ih, bias_hh)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+        out, h_T = FusedGRULayer.apply(*inputs, reset_after)
+    else:
+        out, h_T, _, _ = torch.ops.grulm_cpu.forward(*inputs, reset_after, False)
     return out.transpose(0, 1), h_T
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -24,8 +25,10 @@ def add_parser(subparsers) -> None:
         help="training throughput against nn.GRU and the textbook loop",
         description="Train every contender on random batches and report tokens/s: the seed's "
         "from-scratch GRU and its nn.GRU model in the seed's loop (the baseline), and GRULM "
-        "on every backend through grulm's loop. Contenders take turns within each round; the "
-        "median round counts. Prints a table per configuration, then one JSON line.",
+        "on every backend through grulm's training loop, as grulm train runs it. Contenders "
+        "take turns within each round; a round is whole epochs over the same batches, enough "
+        "to last --min-round-seconds; the median round counts. Prints a table per "
+        "configuration, then one JSON line.",
     )
     parser.add_argument(
         "--config", choices=[*CONFIGS, "all"], default="all",
@@ -43,9 +46,13 @@ def add_parser(subparsers) -> None:
                         "the textbook and nn.GRU baselines stay float32")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
-    timing.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    timing.add_argument("--warmup", type=int, default=1,
+                        help="untimed epochs first (default 1; the last sizes the rounds)")
     timing.add_argument("--batches", type=int, default=None,
-                        help="training steps per round (default: 10 seed, 2 large)")
+                        help="training steps per epoch (default: 10 seed, 2 large)")
+    timing.add_argument("--min-round-seconds", type=float, default=1.0, metavar="S",
+                        help="each contender's round is whole epochs lasting at least this "
+                        "long (default 1; 0: one epoch a round)")
     timing.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: PyTorch's choice)")
     timing.add_argument("--only", nargs="+", metavar="NAME",
@@ -62,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name} must be a positive integer, got {value}")
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be zero or more, got {args.warmup}")
+    if not (math.isfinite(args.min_round_seconds) and args.min_round_seconds >= 0):
+        raise ConfigError("--min-round-seconds must be a number of seconds ≥ 0, got "
+                          f"{args.min_round_seconds}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     names = list(CONFIGS) if args.config == "all" else [args.config]
@@ -74,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         batches = args.batches or (10 if name == "seed" else 2)
         load_before = _load_average()
         report = bench.run(config, device=args.device, batches=batches, warmup=args.warmup,
-                           repeats=args.repeats, only=args.only)
+                           repeats=args.repeats, only=args.only,
+                           min_round_seconds=args.min_round_seconds)
         load = {"before": load_before, "after": _load_average()}
         reports.append({**report.to_dict(), "load_average_1min": load})
         if not args.json_only:
@@ -118,8 +129,10 @@ def _table(report: bench.Report) -> str:
         f"{c.name}: {c.num_layers}×{c.hidden_size} {cell_label(c.cell, c.gates, c.variant)}, "
         f"{c.input_kind} input, {precision}"
         f"V={c.vocab_size}, B={c.batch_size}, T={c.num_steps}; {report.device}, "
-        f"{report.threads} threads; median of {report.repeats} rounds × {report.batches} steps",
-        f"{'contender':<16} {'tokens/s':>10} {'× nn.GRU':>9}   {'min–max':>17}",
+        f"{report.threads} threads, cpu kernels {report.isa or 'unavailable'}; median of "
+        f"{report.repeats} rounds, each whole epochs of {report.batches} steps lasting "
+        f"≥ {report.min_round_seconds:g} s",
+        f"{'contender':<16} {'tokens/s':>10} {'× nn.GRU':>9}   {'min–max':>17} {'epochs':>7}",
     ]
     for r in report.results:
         if r.tokens_per_s is None:
@@ -127,5 +140,6 @@ def _table(report: bench.Report) -> str:
                 lines.append(f"{r.contender:<16} {'—':>10} {'':>9}   skipped: {r.skipped}")
             continue
         spread = f"{min(r.rounds):,.0f}–{max(r.rounds):,.0f}"
-        lines.append(f"{r.contender:<16} {r.tokens_per_s:>10,.0f} {r.ratio:>8.2f}×   {spread:>17}")
+        lines.append(f"{r.contender:<16} {r.tokens_per_s:>10,.0f} {r.ratio:>8.2f}×   {spread:>17} "
+                     f"{r.epochs_per_round:>7}")
     return "\n".join(lines)

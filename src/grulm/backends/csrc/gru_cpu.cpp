@@ -25,6 +25,7 @@
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <ATen/Parallel.h>
+#include <c10/core/alignment.h>
 #include <torch/library.h>
 
 #include "activations.h"
@@ -201,11 +202,17 @@ void pack_together(std::initializer_list<std::optional<grulm::PackedMatrix<scala
 //   x: (T, B, 3H) projected features x W_ih^T (no bias), or (T, B) int64 token ids with
 //   table = W_ih^T (V, 3H); h0 (B, H); weight_hh (3H, H); bias_ih, bias_hh (3H,).
 // Returns out (T, B, H) (the state after every step), h_T (B, H), and for the backward
-// gates (T, B, 3H) = [R, Z, H~] and extra (T, B, H).
+// gates (T, B, 3H) = [R, Z, H~] and extra (T, B, H). With save = false (forward only:
+// evaluation, generation) those two are undefined: every step writes its gates into its
+// thread's one-step (B, 3H) + (B, H) scratch (only its own rows), so the loop streams through
+// (T, B, H) instead of (T, B, 5H). Step t sits in that scratch where the saving path's slice
+// would sit modulo the allocator's alignment, so the vectorised loops peel the same elements
+// and the outputs are bit for bit the saving path's (float64's vector exp and tanh differ
+// from the scalar ones in the last bit).
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
     const Tensor& x_in, const c10::optional<Tensor>& table_in, const Tensor& h0_in,
     const Tensor& weight_hh_in, const Tensor& bias_ih_in, const Tensor& bias_hh_in,
-    bool reset_after) {
+    bool reset_after, bool save) {
   check_inputs(h0_in, weight_hh_in);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto h0 = h0_in.contiguous();
@@ -219,8 +226,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   const auto opts = h0.options();
 
   auto out = at::empty({T, B, H}, opts);
-  auto gates = at::empty({T, B, 3 * H}, opts);
-  auto extra = at::empty({T, B, H}, opts);
+  // Forward only: one slab per thread, each a whole number of alignments long (pad elements
+  // are one alignment or more for any dtype) with room to shift a step by less than one.
+  const int64_t pad = c10::gAlignment, threads = team_size(T, B, H);
+  const auto slab = [&](int64_t width) { return (B * width + pad - 1) / pad * pad + pad; };
+  auto gates = at::empty({save ? T * B * 3 * H : threads * slab(3 * H)}, opts);
+  auto extra = at::empty({save ? T * B * H : threads * slab(H)}, opts);
   // The step products' right-hand sides: W_hh^T whole (reset-after) or split at the n gate.
   const int64_t K = reset_after ? 3 * H : 2 * H;  // columns of the first product
   const Tensor w_first = weight_hh.narrow(0, 0, K).t();  // (H, K)
@@ -236,6 +247,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     scalar_t* gates_ptr = gates.data_ptr<scalar_t>();
     scalar_t* extra_ptr = extra.data_ptr<scalar_t>();
+    // Step t's gates or extra (width 3H or H per row): its own slice, or the thread's scratch.
+    auto step_slice = [&](scalar_t* base, int64_t t, int64_t width) {
+      const int64_t offset = t * B * width, align = c10::gAlignment / sizeof(scalar_t);
+      return save ? base + offset : base + omp_get_thread_num() * slab(width) + offset % align;
+    };
     const scalar_t* h0_ptr = h0.data_ptr<scalar_t>();
     const scalar_t* b_sum = bias_sum.data_ptr<scalar_t>();
     const scalar_t* b_in = bias_ih.data_ptr<scalar_t>() + 2 * H;
@@ -253,8 +269,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
         for (int64_t t = 0; t < T; ++t) {
           const scalar_t* h_t = t == 0 ? h0_ptr : out_ptr + (t - 1) * B * H;
           scalar_t* h_next = out_ptr + t * B * H;
-          scalar_t* gates_t = gates_ptr + t * B * 3 * H;
-          scalar_t* extra_t = extra_ptr + t * B * H;
+          scalar_t* gates_t = step_slice(gates_ptr, t, 3 * H);
+          scalar_t* extra_t = step_slice(extra_ptr, t, H);
           p_first->multiply(rows.count(), h_t + rows.b0 * H, H, g.data(), K, false);
           if (reset_after) {
             forward_after_rows(t, rows, input, g.data(), h_t, b_sum, b_in, b_hn, gates_t,
@@ -272,7 +288,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   grulm::dispatch_floating(dtype, run);
   errors.rethrow();
   Tensor h_T = T > 0 ? out[T - 1].clone() : h0.clone();
-  return {out, h_T, gates, extra};
+  if (!save) return {out, h_T, Tensor(), Tensor()};
+  return {out, h_T, gates.view({T, B, 3 * H}), extra.view({T, B, H})};
 }
 
 // ---- Backward --------------------------------------------------------------------------------
@@ -489,7 +506,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 TORCH_LIBRARY(grulm_cpu, m) {
   m.def(
       "forward(Tensor x, Tensor? table, Tensor h0, Tensor weight_hh, Tensor bias_ih, "
-      "Tensor bias_hh, bool reset_after) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor bias_hh, bool reset_after, bool save=True) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_out, Tensor grad_h_T, Tensor x, Tensor? table, Tensor h0, "
       "Tensor out, Tensor gates, Tensor extra, Tensor weight_hh, bool reset_after) -> "
