@@ -61,16 +61,30 @@ inline void pack_panel(const float* src, int64_t ks, int64_t ns, int64_t K, int6
 inline void pack_panel_bf16(const float* src, int64_t ks, int64_t ns, int64_t K, int64_t n0,
                             int64_t width, int64_t P, uint16_t* panel) {
   const int64_t pairs = (K + 1) / 2;
-  std::fill(panel, panel + pairs * P * 2, uint16_t{0});
+  if (width < P || K % 2 == 1) std::fill(panel, panel + pairs * P * 2, uint16_t{0});
   if (ks == 1) {
     for (int64_t j = 0; j < width; ++j) {
       const float* column = src + (n0 + j) * ns;
       for (int64_t k = 0; k < K; ++k) panel[((k >> 1) * P + j) * 2 + (k & 1)] = to_bf16(column[k]);
     }
-  } else {
-    for (int64_t k = 0; k < K; ++k) {
+    return;
+  }
+  // Two source rows at a time, interleaved: the large products pack row-major gradients.
+  for (int64_t i = 0; i < pairs; ++i) {
+    const float* __restrict__ even = src + 2 * i * ks + n0 * ns;
+    const float* __restrict__ odd = even + ks;
+    uint16_t* __restrict__ out = panel + i * P * 2;
+    if (2 * i + 1 == K) {
+      for (int64_t j = 0; j < width; ++j) out[2 * j] = to_bf16(even[j * ns]);
+    } else if (ns == 1) {
       for (int64_t j = 0; j < width; ++j) {
-        panel[((k >> 1) * P + j) * 2 + (k & 1)] = to_bf16(src[k * ks + (n0 + j) * ns]);
+        out[2 * j] = to_bf16(even[j]);
+        out[2 * j + 1] = to_bf16(odd[j]);
+      }
+    } else {
+      for (int64_t j = 0; j < width; ++j) {
+        out[2 * j] = to_bf16(even[j * ns]);
+        out[2 * j + 1] = to_bf16(odd[j * ns]);
       }
     }
   }
