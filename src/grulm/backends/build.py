@@ -40,10 +40,12 @@ def headers() -> list[Path]:
 
 
 def isa_flags() -> list[str]:
-    """Vector instructions for this machine: AVX2/FMA where PyTorch itself uses them.
+    """The library's baseline vector instructions: AVX2/FMA where PyTorch itself uses them.
 
-    The kernels' register tiles (``csrc/packed_matmul.h``) are written for AVX2/FMA; elsewhere
-    they fall back to ATen products and the compiler's own vectorisation.
+    Only the baseline: the AVX-512 tiles (``csrc/packed_avx512.h``) carry their instruction set
+    as per-function target attributes and run only where the CPU has it (``csrc/isa.h``), so
+    that the library built here loads on any x86-64 CPU with AVX2. Without these flags the
+    kernels use ATen products and the compiler's own vectorisation (the ``generic`` path).
     """
     capability = torch.backends.cpu.get_cpu_capability()
     if platform.machine() in ("x86_64", "AMD64") and capability in ("AVX2", "AVX512"):

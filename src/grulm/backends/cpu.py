@@ -10,7 +10,8 @@ on a CPU (see ``csrc/gru_cpu.cpp``):
   (reset-before: ``h W_hrz^T``, then ``(R ⊙ h) W_hn^T``), each followed by ONE fused
   elementwise pass that writes the gates, the saved activations and the next state. The
   products run on a small kernel of our own (``csrc/packed_matmul.h``): ``W_hh`` is packed once
-  per call into 16-column panels and a 4×16 AVX2/FMA register tile multiplies against it,
+  per call into panels of 16 or 32 columns and a 4×16 AVX2/FMA or 8×32 AVX-512 register tile
+  multiplies against it,
   because a BLAS call repacks the weights and pays a dispatch on every one of these few-row
   products;
 - backward is a custom :class:`torch.autograd.Function` that walks the steps in reverse with
@@ -32,9 +33,26 @@ model's parameters.
 The extension is built and loaded by :mod:`grulm.backends.build` (one toolchain, one cache,
 one fallback policy): where it cannot be built, :func:`unavailable` says why and what to
 install, and ``backend='auto'`` falls back with one warning.
+
+Instruction sets. The library is built for AVX2/FMA; its AVX-512 tiles are compiled per
+function, so that it loads on any x86-64 CPU. When it is first used in a process, it takes the
+best path this CPU runs (:func:`isa`): ``avx512-bf16`` (AVX-512 tiles, and ``vdpbf16ps`` for
+the bf16 precision's products), ``avx512``, ``avx2``, or ``generic`` (ATen products). The
+environment variable ``GRULM_CPU_ISA`` forces one (to compare them, or to test the paths of
+other machines); a path this CPU cannot run falls back to the best it can, with a warning.
+
+Precision. ``gru_layer(..., precision="bf16")`` rounds both operands of every matrix product of
+the layer to bfloat16 and accumulates in float32 (the input projection of features, the step
+products, and in the backward the gradients of both, weight gradients included), as the
+``reference`` backend emulates it; gathered rows of one-hot input stay exact. It is fast where
+the CPU has AVX512-BF16 and emulated at float32 speed elsewhere.
 """
 
 from __future__ import annotations
+
+import functools
+import os
+import warnings
 
 import torch
 from torch import Tensor
@@ -43,7 +61,76 @@ from grulm.backends import build
 from grulm.backends.decode import DecodeParams
 
 unavailable = build.unavailable
-load = build.load
+
+ISA_VARIABLE = "GRULM_CPU_ISA"
+ISAS = ("avx512-bf16", "avx512", "avx2", "generic")  # best first
+PRECISIONS = ("float32", "bf16")
+
+
+def choose_isa(requested: str | None, best: str) -> tuple[str, str | None]:
+    """The instruction set to use, from ``GRULM_CPU_ISA``'s value and the best this CPU runs.
+
+    Returns:
+        The path, and a warning to give (None if there is nothing to say): a path above what
+        the CPU runs falls back to the best it can.
+
+    Raises:
+        ValueError: ``requested`` is not one of :data:`ISAS`.
+    """
+    if not requested:
+        return best, None
+    if requested not in ISAS:
+        raise ValueError(
+            f"{ISA_VARIABLE}={requested!r} is not an instruction set of grulm's cpu kernels: "
+            f"use one of {', '.join(ISAS)}, or unset it for the best this CPU runs"
+        )
+    if ISAS.index(requested) < ISAS.index(best):
+        return best, (
+            f"{ISA_VARIABLE}={requested}: this CPU cannot run grulm's {requested} kernels; "
+            f"using {best}, the best it runs"
+        )
+    return requested, None
+
+
+@functools.cache
+def _choose_once() -> None:
+    """Sets the kernels' instruction set for this process (a cache hit after the first call
+    that succeeds, so that the fallback warning comes once)."""
+    chosen, warning = choose_isa(os.environ.get(ISA_VARIABLE), torch.ops.grulm_cpu.isa_best())
+    if warning is not None:
+        warnings.warn(warning, stacklevel=4)
+    torch.ops.grulm_cpu.set_isa(chosen)
+
+
+def load() -> None:
+    """Build (if needed) and load the extension, and choose its instruction set, now.
+
+    Raises:
+        RuntimeError: it cannot be built or loaded here; the message says why.
+        ValueError: ``GRULM_CPU_ISA`` names no instruction set.
+    """
+    build.load()
+    _choose_once()
+
+
+def isa() -> str:
+    """The instruction set the cpu kernels use in this process: one of :data:`ISAS`.
+
+    Raises:
+        RuntimeError, ValueError: as :func:`load`.
+    """
+    load()
+    return torch.ops.grulm_cpu.isa_active()
+
+
+@functools.cache
+def _warn_bf16_emulated(path: str) -> None:
+    warnings.warn(
+        f"grulm cpu backend: bf16 precision on the {path} kernels is emulated (operands rounded "
+        "to bfloat16, float32 products), as slow as float32: the fast path needs a CPU with "
+        "AVX512-BF16",
+        stacklevel=4,
+    )
 
 
 class FusedGRULayer(torch.autograd.Function):
@@ -51,17 +138,18 @@ class FusedGRULayer(torch.autograd.Function):
 
     Inputs: ``x`` — (T, B, 3H) projected features ``x W_ih^T`` (no bias), or (T, B) int64
     token ids with ``table`` = ``W_ih^T`` (V, 3H) (else None); ``h0`` (B, H); ``weight_hh``
-    (3H, H); ``bias_ih``, ``bias_hh`` (3H,); ``reset_after`` (bool).
+    (3H, H); ``bias_ih``, ``bias_hh`` (3H,); ``reset_after`` (bool); ``bf16`` (bool): the
+    step products and ``dW_hh`` from bfloat16-rounded operands.
     Outputs: the state after every step (T, B, H) and the final state (B, H).
     """
 
     @staticmethod
-    def forward(ctx, x, table, h0, weight_hh, bias_ih, bias_hh, reset_after):
+    def forward(ctx, x, table, h0, weight_hh, bias_ih, bias_hh, reset_after, bf16):
         out, h_T, gates, extra = torch.ops.grulm_cpu.forward(
-            x, table, h0, weight_hh, bias_ih, bias_hh, reset_after, True
+            x, table, h0, weight_hh, bias_ih, bias_hh, reset_after, True, bf16=bf16
         )
         ctx.save_for_backward(x, table, h0, out, gates, extra, weight_hh)
-        ctx.reset_after = reset_after
+        ctx.reset_after, ctx.bf16 = reset_after, bf16
         return out, h_T
 
     @staticmethod
@@ -69,11 +157,40 @@ class FusedGRULayer(torch.autograd.Function):
     def backward(ctx, grad_out, grad_h_T):
         x, table, h0, out, gates, extra, weight_hh = ctx.saved_tensors
         d_x, d_h0, d_weight_hh, d_bias_ih, d_bias_hh = torch.ops.grulm_cpu.backward(
-            grad_out, grad_h_T, x, table, h0, out, gates, extra, weight_hh, ctx.reset_after
+            grad_out, grad_h_T, x, table, h0, out, gates, extra, weight_hh, ctx.reset_after,
+            bf16=ctx.bf16,
         )
         if table is None:
-            return d_x, None, d_h0, d_weight_hh, d_bias_ih, d_bias_hh, None
-        return None, d_x, d_h0, d_weight_hh, d_bias_ih, d_bias_hh, None
+            return d_x, None, d_h0, d_weight_hh, d_bias_ih, d_bias_hh, None, None
+        return None, d_x, d_h0, d_weight_hh, d_bias_ih, d_bias_hh, None, None
+
+
+class Bf16Linear(torch.autograd.Function):
+    """``x W^T`` from bfloat16-rounded operands with float32 accumulation and output, and its
+    gradients the same way (``dx = dy W``, ``dW = dy^T x``).
+
+    Inputs: ``x`` (..., I), ``weight`` (O, I), float32. Output: (..., O).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        flat = x.reshape(-1, x.shape[-1])
+        return torch.ops.grulm_cpu.mm_bf16(flat, weight.t()).view(*x.shape[:-1], -1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.reshape(-1, grad.shape[-1])
+        d_x = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_x = torch.ops.grulm_cpu.mm_bf16(grad, weight).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            # dW^T = x^T dy: the wide gradient is the operand packed by rows.
+            flat = x.reshape(-1, x.shape[-1])
+            d_weight = torch.ops.grulm_cpu.mm_bf16(flat.t(), grad).t().contiguous()
+        return d_x, d_weight
 
 
 def gru_layer(
@@ -85,6 +202,7 @@ def gru_layer(
     bias_hh: Tensor,
     *,
     reset_after: bool,
+    precision: str = "float32",
 ) -> tuple[Tensor, Tensor]:
     """Same contract as :func:`grulm.backends.reference.gru_layer`.
 
@@ -92,6 +210,8 @@ def gru_layer(
         x: (B, T) int64 token ids (one-hot input) or (B, T, I) features.
         h0: (B, H); weight_ih: (3H, V) or (3H, I); weight_hh: (3H, H); biases: (3H,).
         reset_after: the cuDNN variant if True, the textbook (reset-before) one if False.
+        precision: ``float32``, or ``bf16`` (float32 tensors only): every matrix product from
+            bfloat16-rounded operands, accumulated in float32 (see the module docstring).
 
     Returns:
         outputs (B, T, H) (a batch-first view of time-major storage) and h_T (B, H).
@@ -99,19 +219,33 @@ def gru_layer(
         forward only: it saves nothing for a backward and builds no autograd node.
 
     Raises:
+        ValueError: an unknown precision, or bf16 asked for float64 tensors.
         RuntimeError: the extension cannot be built or loaded here.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    bf16 = precision == "bf16"
+    if bf16 and h0.dtype != torch.float32:
+        raise ValueError(
+            f"precision 'bf16' rounds float32 operands; this layer's tensors are {h0.dtype} "
+            "(use precision='float32', or a float32 model)"
+        )
     load()
+    if bf16 and torch.ops.grulm_cpu.isa_active() != "avx512-bf16":
+        _warn_bf16_emulated(torch.ops.grulm_cpu.isa_active())
     if x.dtype == torch.int64:
-        # One-hot input: the kernel gathers rows of W_ih^T by token id, step by step.
+        # One-hot input: the kernel gathers rows of W_ih^T by token id, step by step (exact,
+        # in either precision: a gather is not a product).
         x, table = x.T, weight_ih.T.contiguous()  # (T, B), (V, 3H)
+    elif bf16:
+        x, table = Bf16Linear.apply(x.transpose(0, 1), weight_ih), None  # (T, B, 3H)
     else:
         x, table = torch.nn.functional.linear(x.transpose(0, 1), weight_ih), None  # (T, B, 3H)
     inputs = (x, table, h0, weight_hh, bias_ih, bias_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        out, h_T = FusedGRULayer.apply(*inputs, reset_after)
+        out, h_T = FusedGRULayer.apply(*inputs, reset_after, bf16)
     else:
-        out, h_T, _, _ = torch.ops.grulm_cpu.forward(*inputs, reset_after, False)
+        out, h_T, _, _ = torch.ops.grulm_cpu.forward(*inputs, reset_after, False, bf16=bf16)
     return out.transpose(0, 1), h_T
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from grulm.backends import cpu
 from grulm.checkpoint import load_checkpoint
 
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         f"{config.input_kind} input, dropout {config.dropout}, init {config.init}, "
         f"backend {config.backend}; {num_parameters:,} parameters",
         f"vocab        {len(vocab)} tokens: {tokens}{more}",
+        f"machine      cpu kernels {_cpu_kernels()}",
     ]
     data = meta.data.to_json() if meta.data is not None else None
     for label, fields in (("data", data), ("training", meta.train)):
@@ -54,6 +56,18 @@ def run(args: argparse.Namespace) -> int:
                                                   for k, v in metrics.items()))
     print("\n".join(lines))
     return 0
+
+
+def _cpu_kernels() -> str:
+    """The instruction set of grulm's cpu kernels in this process (``GRULM_CPU_ISA`` forces
+    one), or why they cannot run here."""
+    reason = cpu.unavailable()
+    if reason is None:
+        try:
+            return cpu.isa()
+        except ValueError as error:
+            reason = str(error)
+    return f"unavailable: {reason}"
 
 
 def _short(value, limit: int = 80) -> str:

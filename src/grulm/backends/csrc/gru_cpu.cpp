@@ -15,6 +15,10 @@
 // them; reset-before needs R ⊙ h before the W_hn product, hence two products and two passes.
 // Backward mirrors this per row block. The weight gradients are multi-threaded GEMMs over all
 // T·B rows after the loop.
+//
+// Precision. With `bf16`, every product (the step products, and the backward's dh products and
+// weight gradient) takes bfloat16-rounded operands and accumulates in float32
+// (packed_matmul.h, gemm_bf16.h); the gates' elementwise math and everything saved stay float32.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
@@ -29,6 +33,7 @@
 #include <torch/library.h>
 
 #include "activations.h"
+#include "gemm_bf16.h"
 #include "packed_matmul.h"
 #include "team.h"
 
@@ -60,10 +65,12 @@ inline int team_size(int64_t T, int64_t B, int64_t H) {
       std::max<int64_t>(1, std::min({int64_t{at::get_num_threads()}, B, by_work})));
 }
 
-void check_inputs(const Tensor& h0, const Tensor& weight_hh) {
+void check_inputs(const Tensor& h0, const Tensor& weight_hh, bool bf16) {
   TORCH_CHECK(h0.device().is_cpu(), "grulm cpu backend: tensors must be on the CPU");
   TORCH_CHECK(h0.scalar_type() == at::kFloat || h0.scalar_type() == at::kDouble,
               "grulm cpu backend: float32 or float64 only, got ", h0.scalar_type());
+  TORCH_CHECK(!bf16 || h0.scalar_type() == at::kFloat,
+              "grulm cpu backend: bf16 precision is for float32 tensors, got ", h0.scalar_type());
   TORCH_CHECK(weight_hh.dim() == 2 && weight_hh.size(0) == 3 * weight_hh.size(1),
               "grulm cpu backend: weight_hh must be (3H, H)");
 }
@@ -201,6 +208,7 @@ void pack_together(std::initializer_list<std::optional<grulm::PackedMatrix<scala
 // Forward over all T steps.
 //   x: (T, B, 3H) projected features x W_ih^T (no bias), or (T, B) int64 token ids with
 //   table = W_ih^T (V, 3H); h0 (B, H); weight_hh (3H, H); bias_ih, bias_hh (3H,).
+// bf16: the step products take bf16-rounded operands (float32 accumulation).
 // Returns out (T, B, H) (the state after every step), h_T (B, H), and for the backward
 // gates (T, B, 3H) = [R, Z, H~] and extra (T, B, H). With save = false (forward only:
 // evaluation, generation) those two are undefined: every step writes its gates into its
@@ -212,8 +220,8 @@ void pack_together(std::initializer_list<std::optional<grulm::PackedMatrix<scala
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
     const Tensor& x_in, const c10::optional<Tensor>& table_in, const Tensor& h0_in,
     const Tensor& weight_hh_in, const Tensor& bias_ih_in, const Tensor& bias_hh_in,
-    bool reset_after, bool save) {
-  check_inputs(h0_in, weight_hh_in);
+    bool reset_after, bool save, bool bf16) {
+  check_inputs(h0_in, weight_hh_in, bf16);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto h0 = h0_in.contiguous();
   const auto [x, table] = check_step_input(x_in, table_in, h0);
@@ -256,8 +264,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
     const scalar_t* b_sum = bias_sum.data_ptr<scalar_t>();
     const scalar_t* b_in = bias_ih.data_ptr<scalar_t>() + 2 * H;
     const scalar_t* b_hn = bias_hh.data_ptr<scalar_t>() + 2 * H;
-    std::optional<grulm::PackedMatrix<scalar_t>> p_first(w_first), p_n;
-    if (!reset_after) p_n.emplace(w_n);
+    std::optional<grulm::PackedMatrix<scalar_t>> p_first(std::in_place, w_first, bf16), p_n;
+    if (!reset_after) p_n.emplace(w_n, bf16);
     auto team = [&] {
       at::AutoDispatchBelowADInplaceOrView worker_below_autograd;
       pack_together<scalar_t>({&p_first, &p_n}, errors);
@@ -389,16 +397,41 @@ void reduce_columns(int64_t rows, int64_t width, int64_t c0, int64_t c1,
   }
 }
 
+// d_weight_hh (3H, H) in bf16 precision, from the gate gradients dG = d_xp and dGh = d_gh
+// (T·B, 3H) and the states the products read: h0 and out[0:T-1] (and R ⊙ h, reset-before).
+// Computed transposed, (H, ·) = states^T · gradients, so that the larger operand (the
+// gradients) is the one packed by rows and only the states need a transposed copy.
+void bf16_weight_gradient(const Tensor& dG, const Tensor& dGh, const Tensor& h0,
+                          const Tensor& out, const Tensor& extra, bool reset_after,
+                          Tensor& d_weight_hh) {
+  const int64_t T = out.size(0), B = out.size(1), H = out.size(2);
+  const int64_t K = reset_after ? 3 * H : 2 * H;
+  Tensor d_w_t = at::empty({H, K}, out.options());  // (dW_h)^T
+  grulm::gemm_bf16(h0.t(), dGh.narrow(0, 0, B).narrow(1, 0, K), d_w_t, false);
+  if (T > 1) {
+    grulm::gemm_bf16(out.narrow(0, 0, T - 1).view({(T - 1) * B, H}).t(),
+                     dGh.narrow(0, B, (T - 1) * B).narrow(1, 0, K), d_w_t, true);
+  }
+  d_weight_hh.narrow(0, 0, K).copy_(d_w_t.t());
+  if (!reset_after) {
+    Tensor d_w_n_t = at::empty({H, H}, out.options());
+    grulm::gemm_bf16(extra.view({T * B, H}).t(), dG.narrow(1, 2 * H, H), d_w_n_t, false);
+    d_weight_hh.narrow(0, 2 * H, H).copy_(d_w_n_t.t());
+  }
+}
+
 // Backward through time.
 //   grad_out (T, B, H), grad_h_T (B, H): the gradients of the forward's two outputs;
-//   x, table, h0, out, gates, extra, weight_hh: the forward's inputs and saved tensors.
+//   x, table, h0, out, gates, extra, weight_hh: the forward's inputs and saved tensors;
+//   bf16: every product (per step and the weight gradient) on bf16-rounded operands.
 // Returns d_x (T, B, 3H) for features or d_table (V, 3H) for token ids, d_h0 (B, H),
 // d_weight_hh (3H, H), d_bias_ih, d_bias_hh (3H,).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_out_in, const Tensor& grad_h_T, const Tensor& x_in,
     const c10::optional<Tensor>& table_in, const Tensor& h0_in, const Tensor& out,
-    const Tensor& gates, const Tensor& extra, const Tensor& weight_hh_in, bool reset_after) {
-  check_inputs(h0_in, weight_hh_in);
+    const Tensor& gates, const Tensor& extra, const Tensor& weight_hh_in, bool reset_after,
+    bool bf16) {
+  check_inputs(h0_in, weight_hh_in, bf16);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto h0 = h0_in.contiguous();
   const auto [x, table] = check_step_input(x_in, table_in, h0);
@@ -437,8 +470,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     scalar_t* d_gh_ptr = d_gh.data_ptr<scalar_t>();
     scalar_t* carry_ptr = carry.data_ptr<scalar_t>();
     scalar_t* d_rh_ptr = d_rh.data_ptr<scalar_t>();
-    std::optional<grulm::PackedMatrix<scalar_t>> p_first(w_first), p_n;
-    if (!reset_after) p_n.emplace(w_n);
+    std::optional<grulm::PackedMatrix<scalar_t>> p_first(std::in_place, w_first, bf16), p_n;
+    if (!reset_after) p_n.emplace(w_n, bf16);
     auto team = [&] {
       at::AutoDispatchBelowADInplaceOrView worker_below_autograd;
       pack_together<scalar_t>({&p_first, &p_n}, errors);
@@ -485,7 +518,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   // go separately. (The packed kernel is no faster than BLAS on these tall products.)
   const Tensor dG = d_xp.view({T * B, 3 * H});
   const Tensor dGh = d_gh.view({T * B, 3 * H});
-  if (T > 0) {
+  if (T > 0 && bf16) {
+    bf16_weight_gradient(dG, dGh, h0, out, extra, reset_after, d_weight_hh);
+  } else if (T > 0) {
     Tensor d_w_h = d_weight_hh.narrow(0, 0, K);
     at::mm_out(d_w_h, dGh.narrow(0, 0, B).narrow(1, 0, K).t(), h0);
     if (T > 1) {
@@ -506,11 +541,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 TORCH_LIBRARY(grulm_cpu, m) {
   m.def(
       "forward(Tensor x, Tensor? table, Tensor h0, Tensor weight_hh, Tensor bias_ih, "
-      "Tensor bias_hh, bool reset_after, bool save=True) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor bias_hh, bool reset_after, bool save=True, *, bool bf16=False) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "backward(Tensor grad_out, Tensor grad_h_T, Tensor x, Tensor? table, Tensor h0, "
-      "Tensor out, Tensor gates, Tensor extra, Tensor weight_hh, bool reset_after) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor out, Tensor gates, Tensor extra, Tensor weight_hh, bool reset_after, *, "
+      "bool bf16=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.impl("forward", c10::DispatchKey::CPU, &gru_forward);
   m.impl("backward", c10::DispatchKey::CPU, &gru_backward);
 }

@@ -3,11 +3,17 @@
 // Every step multiplies a few rows (one thread's share of the batch) by the same weight matrix
 // P. A BLAS call repacks P on every call and pays a dispatch each time, which on the step's
 // shapes (16–32 rows, K = H) is a large part of the product's cost. So P is packed ONCE per
-// forward (or backward) into panels of 16 columns, [panel][k][16], and a 4×16 register tile
-// (8 AVX2 accumulators, FMA) walks the rows against each panel while it sits in L1.
+// forward (or backward) into panels of a few columns, [panel][k][columns], and a register tile
+// walks the rows against each panel while it sits in L1. The tile is the one of the path the
+// process uses (isa.h): AVX2/FMA 4×16 (packed_avx2.h) or AVX-512 8×32 (packed_avx512.h); both
+// add the products of an output element in the same order, so they give the same bits. On the
+// `generic` path, and for float64 (used by the parity tests), the product is an ATen matmul on
+// views of the same memory instead.
 //
-// Without AVX2/FMA in the build, and for float64 (used by the parity tests), the product is an
-// ATen matmul on views of the same memory instead.
+// bf16 precision: both operands are rounded to bfloat16 and the products accumulate in
+// float32. With AVX512-BF16, P is packed as bf16 pairs along K and A's rows are converted to
+// bf16 pairs once per product, for vdpbf16ps; elsewhere the rounded values are kept in float32
+// and go through the float32 tile (the same arithmetic, emulated, at float32 speed).
 
 #pragma once
 
@@ -20,154 +26,158 @@
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define GRULM_PACKED_AVX2 1
-#endif
+#include "bf16.h"
+#include "isa.h"
+#include "packed_avx2.h"
+#include "packed_avx512.h"
 
 namespace grulm {
 
-#ifdef GRULM_PACKED_AVX2
 namespace detail {
 
-constexpr int64_t kPanel = 16;  // columns per panel: two 8-float registers
-constexpr int64_t kRows = 4;  // rows per register tile
-constexpr int64_t kDepth = 256;  // K per pass, so that a panel (16 KiB) stays in L1
-
-// C[r, 0:16] (+)= sum_k A[r·lda + k·step] · panel[k, 0:16] for r < kTileRows.
-template <int kTileRows, bool kAccumulate>
-inline void tile(int64_t K, const float* A, int64_t lda, int64_t step, const float* panel,
-                 float* C, int64_t ldc) {
-  // Fully unrolled row loops, so that the accumulators live in registers, not on the stack.
-  __m256 lo[kTileRows], hi[kTileRows];
-#pragma GCC unroll 4
-  for (int r = 0; r < kTileRows; ++r) {
-    lo[r] = kAccumulate ? _mm256_loadu_ps(C + r * ldc) : _mm256_setzero_ps();
-    hi[r] = kAccumulate ? _mm256_loadu_ps(C + r * ldc + 8) : _mm256_setzero_ps();
-  }
-  for (int64_t k = 0; k < K; ++k, A += step) {
-    const __m256 p_lo = _mm256_load_ps(panel + k * kPanel);
-    const __m256 p_hi = _mm256_load_ps(panel + k * kPanel + 8);
-#pragma GCC unroll 4
-    for (int r = 0; r < kTileRows; ++r) {
-      const __m256 a = _mm256_broadcast_ss(A + r * lda);
-      lo[r] = _mm256_fmadd_ps(a, p_lo, lo[r]);
-      hi[r] = _mm256_fmadd_ps(a, p_hi, hi[r]);
+// Columns [n0, n0 + width) of the K×N matrix src (strides ks, ns) as a float32 panel [K][P],
+// zero beyond `width`, each value rounded to bf16 if `round`. Reads along the source's
+// contiguous dimension: a panel stays in L1 while it fills either way.
+inline void pack_panel(const float* src, int64_t ks, int64_t ns, int64_t K, int64_t n0,
+                       int64_t width, int64_t P, bool round, float* panel) {
+  auto value = [round](float v) { return round ? round_bf16(v) : v; };
+  if (ks == 1) {
+    for (int64_t j = 0; j < P; ++j) {
+      const float* column = j < width ? src + (n0 + j) * ns : nullptr;
+      for (int64_t k = 0; k < K; ++k) panel[k * P + j] = column ? value(column[k]) : 0.0f;
+    }
+  } else {
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t j = 0; j < P; ++j) {
+        panel[k * P + j] = j < width ? value(src[k * ks + (n0 + j) * ns]) : 0.0f;
+      }
     }
   }
-#pragma GCC unroll 4
-  for (int r = 0; r < kTileRows; ++r) {
-    _mm256_storeu_ps(C + r * ldc, lo[r]);
-    _mm256_storeu_ps(C + r * ldc + 8, hi[r]);
-  }
 }
 
-template <bool kAccumulate>
-inline void tile_rows(int64_t rows, int64_t K, const float* A, int64_t lda, int64_t step,
-                      const float* panel, float* C, int64_t ldc) {
-  switch (rows) {
-    case 4: return tile<4, kAccumulate>(K, A, lda, step, panel, C, ldc);
-    case 3: return tile<3, kAccumulate>(K, A, lda, step, panel, C, ldc);
-    case 2: return tile<2, kAccumulate>(K, A, lda, step, panel, C, ldc);
-    default: return tile<1, kAccumulate>(K, A, lda, step, panel, C, ldc);
+// The same columns as a bf16 panel of K pairs [K/2][P][2] (an odd K padded with a zero row).
+inline void pack_panel_bf16(const float* src, int64_t ks, int64_t ns, int64_t K, int64_t n0,
+                            int64_t width, int64_t P, uint16_t* panel) {
+  const int64_t pairs = (K + 1) / 2;
+  if (width < P || K % 2 == 1) std::fill(panel, panel + pairs * P * 2, uint16_t{0});
+  if (ks == 1) {
+    for (int64_t j = 0; j < width; ++j) {
+      const float* column = src + (n0 + j) * ns;
+      for (int64_t k = 0; k < K; ++k) panel[((k >> 1) * P + j) * 2 + (k & 1)] = to_bf16(column[k]);
+    }
+    return;
   }
-}
-
-// One tile whose panel may be narrower than 16 columns (the last one when N % 16 != 0): the
-// padded columns are computed into a scratch tile and dropped.
-inline void tile_any(int64_t rows, int64_t width, bool accumulate, int64_t K, const float* A,
-                     int64_t lda, int64_t step, const float* panel, float* C, int64_t ldc) {
-  if (width == kPanel) {
-    if (accumulate) return tile_rows<true>(rows, K, A, lda, step, panel, C, ldc);
-    return tile_rows<false>(rows, K, A, lda, step, panel, C, ldc);
+  // Two source rows at a time, interleaved: the large products pack row-major gradients.
+  for (int64_t i = 0; i < pairs; ++i) {
+    const float* __restrict__ even = src + 2 * i * ks + n0 * ns;
+    const float* __restrict__ odd = even + ks;
+    uint16_t* __restrict__ out = panel + i * P * 2;
+    if (2 * i + 1 == K) {
+      for (int64_t j = 0; j < width; ++j) out[2 * j] = to_bf16(even[j * ns]);
+    } else if (ns == 1) {
+      for (int64_t j = 0; j < width; ++j) {
+        out[2 * j] = to_bf16(even[j]);
+        out[2 * j + 1] = to_bf16(odd[j]);
+      }
+    } else {
+      for (int64_t j = 0; j < width; ++j) {
+        out[2 * j] = to_bf16(even[j * ns]);
+        out[2 * j + 1] = to_bf16(odd[j * ns]);
+      }
+    }
   }
-  alignas(32) float scratch[kRows * kPanel] = {};
-  for (int64_t r = 0; r < rows && accumulate; ++r) std::copy_n(C + r * ldc, width, scratch + r * kPanel);
-  if (accumulate) {
-    tile_rows<true>(rows, K, A, lda, step, panel, scratch, kPanel);
-  } else {
-    tile_rows<false>(rows, K, A, lda, step, panel, scratch, kPanel);
-  }
-  for (int64_t r = 0; r < rows; ++r) std::copy_n(scratch + r * kPanel, width, C + r * ldc);
 }
 
 }  // namespace detail
-#endif
 
 // A K×N right-hand side, fixed while many left-hand sides are multiplied by it.
 //
 // Built from a 2-D (K, N) view of any strides (e.g. ``weight.t()``); the view's memory must
 // outlive this object. ``pack`` must run (split over a team's threads if wanted) before
-// ``multiply``.
+// ``multiply``. With ``bf16``, every product rounds both operands to bfloat16 (float32 only).
 template <typename scalar_t>
 class PackedMatrix {
  public:
-  explicit PackedMatrix(const at::Tensor& rhs) : rhs_(rhs), K_(rhs.size(0)), N_(rhs.size(1)) {
-#ifdef GRULM_PACKED_AVX2
-    if constexpr (kPacked) {
-      const int64_t panels = (N_ + detail::kPanel - 1) / detail::kPanel;
-      panels_ = at::empty({panels, K_, detail::kPanel}, rhs.options());  // 64-byte aligned
+  explicit PackedMatrix(const at::Tensor& rhs, bool bf16 = false)
+      : rhs_(rhs), K_(rhs.size(0)), N_(rhs.size(1)), bf16_(bf16), kernel_(kernel_for(bf16)) {
+    TORCH_CHECK(!bf16 || (std::is_same_v<scalar_t, float>),
+                "grulm cpu backend: bf16 precision needs float32 tensors");
+    const auto options = rhs.options();
+    switch (kernel_) {
+      case Kernel::kAten:
+        if (bf16_) rhs_ = rhs.to(at::kBFloat16).to(at::kFloat);
+        break;
+      case Kernel::kAvx2:
+        panels_ = at::empty({panels(), K_, panel_width()}, options);  // 64-byte aligned
+        break;
+      case Kernel::kAvx512:
+        panels_ = at::empty({panels(), K_, panel_width()}, options);
+        break;
+      case Kernel::kAvx512Bf16:
+        panels_ = at::empty({panels(), pairs(), panel_width() * 2}, options.dtype(at::kBFloat16));
+        break;
     }
-#endif
   }
 
   // Packs panels part, part + parts, part + 2·parts, ... (every panel for part 0 of 1).
   void pack(int part, int parts) {
-#ifdef GRULM_PACKED_AVX2
-    if constexpr (kPacked) {
+    if (kernel_ == Kernel::kAten) return;
+    if constexpr (std::is_same_v<scalar_t, float>) {
       const float* src = rhs_.data_ptr<float>();
-      const int64_t ks = rhs_.stride(0), ns = rhs_.stride(1);
-      float* dst = panels_.data_ptr<float>();
-      // Read along the source's contiguous dimension: a panel (16 KiB at K = 256) stays in
-      // L1 while it fills either way.
-      for (int64_t p = part; p < panels_.size(0); p += parts) {
-        float* panel = dst + p * K_ * detail::kPanel;
-        const int64_t n0 = p * detail::kPanel, width = std::min(detail::kPanel, N_ - n0);
-        if (ks == 1) {
-          for (int64_t j = 0; j < detail::kPanel; ++j) {
-            const float* column = j < width ? src + (n0 + j) * ns : nullptr;
-            for (int64_t k = 0; k < K_; ++k) {
-              panel[k * detail::kPanel + j] = column != nullptr ? column[k] : 0.0f;
-            }
-          }
+      const int64_t ks = rhs_.stride(0), ns = rhs_.stride(1), P = panel_width();
+      for (int64_t p = part; p < panels(); p += parts) {
+        const int64_t n0 = p * P, width = std::min(P, N_ - n0);
+        if (kernel_ == Kernel::kAvx512Bf16) {
+          uint16_t* dst = reinterpret_cast<uint16_t*>(panels_.data_ptr()) + p * pairs() * P * 2;
+          detail::pack_panel_bf16(src, ks, ns, K_, n0, width, P, dst);
         } else {
-          for (int64_t k = 0; k < K_; ++k) {
-            for (int64_t j = 0; j < detail::kPanel; ++j) {
-              panel[k * detail::kPanel + j] = j < width ? src[k * ks + (n0 + j) * ns] : 0.0f;
-            }
-          }
+          float* dst = panels_.data_ptr<float>() + p * K_ * P;
+          detail::pack_panel(src, ks, ns, K_, n0, width, P, bf16_, dst);
         }
       }
     }
-#endif
   }
 
   // C (M×N, row stride ldc) = A · P, or C += A · P if ``accumulate``, where A is M×K with
   // A(m, k) = A[m·lda + k·step]: rows of a matrix (step 1) or columns of one (lda 1), as x^T
-  // in the head's weight gradient.
+  // in the head's weight gradient. With bf16, A's rows are rounded first (into a per-thread
+  // buffer), once per call.
   void multiply(int64_t M, const scalar_t* A, int64_t lda, scalar_t* C, int64_t ldc,
                 bool accumulate, int64_t step = 1) const {
     if (M == 0) return;
-#ifdef GRULM_PACKED_AVX2
-    if constexpr (kPacked) {
-      using namespace detail;
-      const float* panels = panels_.data_ptr<float>();
-      for (int64_t k0 = 0; k0 < K_; k0 += kDepth) {
-        const int64_t depth = std::min(kDepth, K_ - k0);
-        const bool acc = accumulate || k0 > 0;
-        for (int64_t n0 = 0; n0 < N_; n0 += kPanel) {
-          const float* panel = panels + (n0 * K_ + k0 * kPanel);
-          const int64_t width = std::min(kPanel, N_ - n0);
-          for (int64_t m = 0; m < M; m += kRows) {
-            tile_any(std::min(kRows, M - m), width, acc, depth, A + m * lda + k0 * step, lda,
-                     step, panel, C + m * ldc + n0, ldc);
-          }
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (kernel_ == Kernel::kAvx512Bf16) {
+        std::vector<uint16_t>& a = bf16_rows();
+        const int64_t width = 2 * pairs();
+        a.assign(M * width, 0);
+        for (int64_t m = 0; m < M; ++m) {
+          for (int64_t k = 0; k < K_; ++k) a[m * width + k] = to_bf16(A[m * lda + k * step]);
         }
+        return multiply_pairs(M, a.data(), width, C, ldc, accumulate);
       }
-      return;
-    }
+      if (bf16_) {
+        std::vector<float>& a = rounded_rows();
+        a.resize(M * K_);
+        for (int64_t m = 0; m < M; ++m) {
+          for (int64_t k = 0; k < K_; ++k) a[m * K_ + k] = round_bf16(A[m * lda + k * step]);
+        }
+        A = a.data(), lda = K_, step = 1;
+      }
+#ifdef GRULM_PACKED_AVX2
+      if (kernel_ == Kernel::kAvx2) {
+        return avx2::multiply(M, K_, N_, A, lda, step, panels_.data_ptr<float>(), C, ldc,
+                              accumulate);
+      }
 #endif
+#ifdef GRULM_PACKED_AVX512
+      if (kernel_ == Kernel::kAvx512) {
+        return avx512::multiply(M, K_, N_, A, lda, step, panels_.data_ptr<float>(), C, ldc,
+                                accumulate);
+      }
+#endif
+    }
     const auto options = rhs_.options();
     const at::Tensor a = at::from_blob(const_cast<scalar_t*>(A), {M, K_}, {lda, step}, options);
     at::Tensor c = at::from_blob(C, {M, N_}, {ldc, 1}, options);
@@ -178,13 +188,65 @@ class PackedMatrix {
     }
   }
 
- private:
-#ifdef GRULM_PACKED_AVX2
-  static constexpr bool kPacked = std::is_same_v<scalar_t, float>;
-  at::Tensor panels_;
+  // Whether products run on bf16 operands natively (vdpbf16ps), so that multiply_pairs works.
+  bool native_bf16() const { return kernel_ == Kernel::kAvx512Bf16; }
+
+  // C (+)= A · P for A already in bf16 pairs: M rows of ⌈K/2⌉ pairs, row stride lda elements,
+  // an odd K padded with a zero. Only where native_bf16().
+  void multiply_pairs(int64_t M, const uint16_t* A, int64_t lda, float* C, int64_t ldc,
+                      bool accumulate) const {
+    TORCH_CHECK(native_bf16(), "grulm cpu backend: no native bf16 products on this path");
+#ifdef GRULM_PACKED_AVX512
+    avx512::multiply_bf16(M, pairs(), N_, A, lda,
+                          reinterpret_cast<const uint16_t*>(panels_.data_ptr()), C, ldc,
+                          accumulate);
 #endif
+  }
+
+ private:
+  enum class Kernel { kAten, kAvx2, kAvx512, kAvx512Bf16 };
+
+  static Kernel kernel_for(bool bf16) {
+    if constexpr (!std::is_same_v<scalar_t, float>) return Kernel::kAten;
+    switch (active_isa()) {
+#ifdef GRULM_PACKED_AVX512
+      case Isa::kAvx512Bf16: return bf16 ? Kernel::kAvx512Bf16 : Kernel::kAvx512;
+      case Isa::kAvx512: return Kernel::kAvx512;
+#endif
+#ifdef GRULM_PACKED_AVX2
+      case Isa::kAvx2: return Kernel::kAvx2;
+#endif
+      default: return Kernel::kAten;
+    }
+  }
+
+  int64_t panel_width() const {
+#ifdef GRULM_PACKED_AVX2
+    if (kernel_ == Kernel::kAvx2) return avx2::kPanel;
+#endif
+#ifdef GRULM_PACKED_AVX512
+    return avx512::kPanel;
+#else
+    return 1;
+#endif
+  }
+  int64_t panels() const { return (N_ + panel_width() - 1) / panel_width(); }
+  int64_t pairs() const { return (K_ + 1) / 2; }
+
+  static std::vector<uint16_t>& bf16_rows() {
+    static thread_local std::vector<uint16_t> rows;
+    return rows;
+  }
+  static std::vector<float>& rounded_rows() {
+    static thread_local std::vector<float> rows;
+    return rows;
+  }
+
   at::Tensor rhs_;
   int64_t K_, N_;
+  bool bf16_;
+  Kernel kernel_;
+  at::Tensor panels_;
 };
 
 }  // namespace grulm
