@@ -94,3 +94,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class _RecordingOps:
+    """``torch.ops.grulm_cpu`` that notes the ``save`` flag of every layer forward."""
+
+    def __init__(self, ops):
+        self.ops, self.saves = ops, []
+
+    def forward(self, *args, **kwargs):
+        self.saves.append(args[7])
+        return self.ops.forward(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.ops, name)
+
+
+@pytest.fixture
+def layer_saves(monkeypatch):
+    """The ``save`` flags of the fused cpu layer's forwards during the test, in call order."""
+    from grulm.backends import cpu
+
+    cpu.load()
+    recording = _RecordingOps(torch.ops.grulm_cpu)
+    monkeypatch.setattr(torch.ops, "grulm_cpu", recording)
+    return recording.saves

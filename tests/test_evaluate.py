@@ -84,14 +84,15 @@ def test_windows_grow_to_the_activation_budget_never_below_num_steps():
     dict(vocab_size=65, hidden_size=48, input_kind="embedding", embedding_size=16,
          variant="reset_after", num_layers=2, init="torch"),
 ], ids=["onehot", "embedding-2-layers"])  # fmt: skip
-def test_long_windows_and_forward_only_kernels_give_the_same_result(monkeypatch, config):
+def test_long_windows_and_forward_only_kernels_give_the_same_result(layer_saves, config):
     """Against windows of num_steps through the training path's saving kernels: the same tokens,
     the same loss to float32 rounding of the per-window means (the states are bit-identical;
     a window's mean is rounded to float32 once, then summed in float64)."""
     torch.manual_seed(0)
     model = GRULM(GRUConfig(backend="cpu", **config))
     ids = torch.randint(0, config["vocab_size"], (4_001,))
-    saves = _record_saves(monkeypatch)
+    saves = layer_saves
+    saves.clear()  # only the calls below
     fast = evaluate(model, ids, batch_size=8, num_steps=35)
     assert saves and not any(saves)  # forward only
     assert len(saves) == config.get("num_layers", 1)  # 500 columns: one window
@@ -109,23 +110,3 @@ def test_long_windows_and_forward_only_kernels_give_the_same_result(monkeypatch,
     assert fast.loss == pytest.approx(slow.loss, rel=1e-6, abs=0)
 
 
-class _RecordingOps:
-    """``torch.ops.grulm_cpu`` that notes the ``save`` flag of every layer forward."""
-
-    def __init__(self, ops):
-        self.ops, self.saves = ops, []
-
-    def forward(self, *args):
-        self.saves.append(args[7])
-        return self.ops.forward(*args)
-
-    def __getattr__(self, name):
-        return getattr(self.ops, name)
-
-
-def _record_saves(monkeypatch) -> list[bool]:
-    """The ``save`` flags of the cpu layer forwards from now on, in call order."""
-    cpu.load()
-    recording = _RecordingOps(torch.ops.grulm_cpu)
-    monkeypatch.setattr(torch.ops, "grulm_cpu", recording)
-    return recording.saves

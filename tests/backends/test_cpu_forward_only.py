@@ -81,7 +81,7 @@ def _batch_first_args(token_ids, requires_grad):
 @pytest.mark.parametrize("reset_after", [False, True], ids=["before", "after"])
 @pytest.mark.parametrize("token_ids", [True, False], ids=["onehot", "features"])
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "no_input_requires_grad"])
-def test_gru_layer_runs_forward_only_where_no_gradient_flows(monkeypatch, reset_after,
+def test_gru_layer_runs_forward_only_where_no_gradient_flows(layer_saves, reset_after,
                                                              token_ids, mode):  # fmt: skip
     """Same numbers as the training path, no autograd node, and the op asked not to save."""
     args = _batch_first_args(token_ids, requires_grad=True)
@@ -90,7 +90,8 @@ def test_gru_layer_runs_forward_only_where_no_gradient_flows(monkeypatch, reset_
     reference_out, _ = reference.gru_layer(*args, reset_after=reset_after)
     torch.testing.assert_close(expected_out, reference_out, rtol=1e-5, atol=1e-6)
 
-    saves = _record_saves(monkeypatch)
+    saves = layer_saves
+    saves.clear()  # only the calls below
     if mode == "no_input_requires_grad":
         out, h = cpu.gru_layer(*_batch_first_args(token_ids, requires_grad=False),
                                reset_after=reset_after)
@@ -102,23 +103,3 @@ def test_gru_layer_runs_forward_only_where_no_gradient_flows(monkeypatch, reset_
     assert torch.equal(out, expected_out.detach()) and torch.equal(h, expected_h.detach())
 
 
-class _RecordingOps:
-    """``torch.ops.grulm_cpu`` that notes the ``save`` flag of every layer forward."""
-
-    def __init__(self, ops):
-        self.ops, self.saves = ops, []
-
-    def forward(self, *args):
-        self.saves.append(args[7])
-        return self.ops.forward(*args)
-
-    def __getattr__(self, name):
-        return getattr(self.ops, name)
-
-
-def _record_saves(monkeypatch) -> list[bool]:
-    """The ``save`` flags of the cpu layer forwards from now on, in call order."""
-    cpu.load()
-    recording = _RecordingOps(torch.ops.grulm_cpu)
-    monkeypatch.setattr(torch.ops, "grulm_cpu", recording)
-    return recording.saves

@@ -17,27 +17,6 @@ pytestmark = pytest.mark.skipif(
 TEXT = "the time traveller for so it will be convenient to speak of him"
 
 
-class _RecordingOps:
-    """``torch.ops.grulm_cpu`` that notes the ``save`` flag of every layer forward."""
-
-    def __init__(self, ops):
-        self.ops, self.saves = ops, []
-
-    def forward(self, *args):
-        self.saves.append(args[7])
-        return self.ops.forward(*args)
-
-    def __getattr__(self, name):
-        return getattr(self.ops, name)
-
-
-@pytest.fixture
-def saves(monkeypatch):
-    """The ``save`` flags of the cpu layer forwards during the test, in call order."""
-    cpu.load()
-    recording = _RecordingOps(torch.ops.grulm_cpu)
-    monkeypatch.setattr(torch.ops, "grulm_cpu", recording)
-    return recording.saves
 
 
 @pytest.fixture
@@ -51,25 +30,25 @@ def model_and_vocab():
 @pytest.mark.parametrize("options", [{}, {"strategy": "sample", "num_samples": 3},
                                      {"strategy": "beam", "beam_width": 3}])  # fmt: skip
 def test_generation_through_forward_saves_nothing_and_equals_the_fast_path(
-    saves, model_and_vocab, options
+    layer_saves, model_and_vocab, options
 ):
     model, vocab = model_and_vocab
     slow = generate(model, vocab, "time trav", max_new=20, fast=False,
                     generator=torch.Generator().manual_seed(1), **options)
-    assert saves and not any(saves)  # warm-up and every step: forward only
-    saves.clear()
+    assert layer_saves and not any(layer_saves)  # warm-up and every step: forward only
+    layer_saves.clear()
     fast = generate(model, vocab, "time trav", max_new=20,
                     generator=torch.Generator().manual_seed(1), **options)
-    assert saves == []  # the decoding kernels, not the layer
+    assert layer_saves == []  # the decoding kernels, not the layer
     assert slow == fast
 
 
-def test_warm_up_and_steps_through_forward_build_no_graph(saves, model_and_vocab):
+def test_warm_up_and_steps_through_forward_build_no_graph(layer_saves, model_and_vocab):
     model, vocab = model_and_vocab
     decoder, logits = warm_up(model, vocab[list("time traveller")], fast=False)
     assert isinstance(decoder, ModelStepDecoder)
     logits = decoder.step(logits.argmax(-1))
-    assert saves == [False] * 4  # two layers, warm-up and one step
+    assert layer_saves == [False] * 4  # two layers, warm-up and one step
     assert logits.grad_fn is None and decoder.state.grad_fn is None
     fast_decoder, fast_logits = warm_up(model, vocab[list("time traveller")])
-    assert not fast_decoder.state.requires_grad and len(saves) == 4
+    assert not fast_decoder.state.requires_grad and len(layer_saves) == 4
