@@ -17,7 +17,6 @@ no precision at all.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,11 +185,6 @@ def register(backend: Backend, *, auto_rank: int | None = None) -> None:
         AUTO_ORDER.insert(auto_rank, backend.name)
 
 
-def _precisions_of(layer: LayerFn) -> tuple[str, ...]:
-    """Every precision if ``layer`` takes a ``precision`` keyword, else float32 alone."""
-    return PRECISIONS if "precision" in inspect.signature(layer).parameters else ("float32",)
-
-
 register(
     Backend(
         name="reference",
@@ -238,7 +232,7 @@ register(
         decode_step=cpu.decode_step,
         decode_greedy=cpu.decode_greedy,
         dtypes=(torch.float32, torch.float64),
-        precisions=_precisions_of(cpu.gru_layer),
+        precisions=PRECISIONS,
     ),
     auto_rank=0,
 )

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         f"{_short(version)} on {_short(created)}",
         f"model        {config.num_layers}×{config.hidden_size} {config.cell_label}, "
         f"{config.input_kind} input, dropout {config.dropout}, init {config.init}, "
-        f"backend {config.backend}; {num_parameters:,} parameters",
+        f"backend {config.backend}, precision {config.precision}; "
+        f"{num_parameters:,} parameters",
         f"vocab        {len(vocab)} tokens: {tokens}{more}",
         f"machine      cpu kernels {_cpu_kernels()}",
     ]
