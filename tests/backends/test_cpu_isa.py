@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from grulm.backends import cpu
+from grulm.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(
     cpu.unavailable() is not None, reason=f"cpu backend unavailable: {cpu.unavailable()}"
@@ -50,7 +51,7 @@ def test_choosing_a_path():
     path, warning = cpu.choose_isa("avx512-bf16", "avx2")
     assert path == "avx2"
     assert "cannot run grulm's avx512-bf16 kernels; using avx2" in warning
-    with pytest.raises(ValueError) as error:
+    with pytest.raises(ConfigError) as error:
         cpu.choose_isa("sse4", "avx512")
     assert "GRULM_CPU_ISA='sse4'" in str(error.value)
     assert "avx512-bf16, avx512, avx2, generic" in str(error.value)
@@ -86,9 +87,14 @@ def test_an_unknown_value_is_one_clear_error():
     result = _run("sse4", "-c", program)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last == ("ValueError: GRULM_CPU_ISA='sse4' is not an instruction set of grulm's cpu "
-                    "kernels: use one of avx512-bf16, avx512, avx2, generic, or unset it for "
-                    "the best this CPU runs")
+    message = ("GRULM_CPU_ISA='sse4' is not an instruction set of grulm's cpu kernels: use one "
+               "of avx512-bf16, avx512, avx2, generic, or unset it for the best this CPU runs")
+    assert last == f"grulm.errors.ConfigError: {message}"
+    # The command line says it in one line, and exits with the usage-error status.
+    result = _run("sse4", "-m", "grulm.cli", "bench", "--config", "seed", "--repeats", "1",
+                  "--only", "grulm/cpu")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"grulm bench: error: {message}"
 
 
 def test_a_path_above_the_cpu_falls_back_with_one_warning():

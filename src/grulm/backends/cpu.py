@@ -59,6 +59,7 @@ from torch import Tensor
 
 from grulm.backends import build
 from grulm.backends.decode import DecodeParams
+from grulm.errors import ConfigError
 
 unavailable = build.unavailable
 
@@ -75,12 +76,12 @@ def choose_isa(requested: str | None, best: str) -> tuple[str, str | None]:
         the CPU runs falls back to the best it can.
 
     Raises:
-        ValueError: ``requested`` is not one of :data:`ISAS`.
+        ConfigError: ``requested`` is not one of :data:`ISAS`.
     """
     if not requested:
         return best, None
     if requested not in ISAS:
-        raise ValueError(
+        raise ConfigError(
             f"{ISA_VARIABLE}={requested!r} is not an instruction set of grulm's cpu kernels: "
             f"use one of {', '.join(ISAS)}, or unset it for the best this CPU runs"
         )
@@ -107,7 +108,7 @@ def load() -> None:
 
     Raises:
         RuntimeError: it cannot be built or loaded here; the message says why.
-        ValueError: ``GRULM_CPU_ISA`` names no instruction set.
+        ConfigError: ``GRULM_CPU_ISA`` names no instruction set.
     """
     build.load()
     _choose_once()
@@ -117,7 +118,7 @@ def isa() -> str:
     """The instruction set the cpu kernels use in this process: one of :data:`ISAS`.
 
     Raises:
-        RuntimeError, ValueError: as :func:`load`.
+        RuntimeError, ConfigError: as :func:`load`.
     """
     load()
     return torch.ops.grulm_cpu.isa_active()
