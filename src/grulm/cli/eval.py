@@ -47,7 +47,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32,
                         help="parallel streams the text is cut into")
     parser.add_argument("--num-steps", type=int, default=35,
-                        help="tokens per forward call (the state is carried between them)")
+                        help="the shortest window a forward call reads (the state is carried "
+                        "between them; longer ones are read while the widest activation "
+                        "stays within 2^23 elements) [35]")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto [cpu]")
     parser.add_argument("--precision", metavar="|".join(PRECISIONS),
                         help="of the recurrent layers' matrix products (the weights are float32 "
