@@ -64,9 +64,16 @@ def torchrun(*args, env, cwd, nproc=2, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+# Printed now and then by the C++ runtime of a rank whose gloo threads are torn down at exit
+# after an error (PyTorch's gloo process group, not grulm: grulm's own error line comes first).
+GLOO_TEARDOWN = "terminate called without an active exception"
+
+
 def own_lines(text: str) -> list[str]:
-    """grulm's lines of a launch's output: torchrun's log lines and failure report removed."""
-    lines = [line for line in text.splitlines() if line.strip() and not TORCHRUN_LOG.match(line)]
+    """grulm's lines of a launch's output: torchrun's log lines, its failure report and gloo's
+    teardown message removed."""
+    lines = [line for line in text.splitlines()
+             if line.strip() and not TORCHRUN_LOG.match(line) and line != GLOO_TEARDOWN]
     if "Traceback (most recent call last):" in lines:
         lines = lines[: lines.index("Traceback (most recent call last):")]
     return lines
