@@ -156,10 +156,22 @@ class World:
         self._device, self._owns_group = device, True
 
     def leave(self) -> None:
-        """Leave the process group if :meth:`join` created it."""
+        """Leave the process group if :meth:`join` created it.
+
+        Over gloo the ranks first meet at a barrier (bounded by ``timeout_s``, at most 60 s;
+        a rank that died or went elsewhere is not waited for): a rank that tears its group
+        down while another still works on it (rank 0 writing the last checkpoint) can make
+        gloo's threads abort the process at exit.
+        """
         if self._owns_group:
             import torch.distributed as dist
 
+            if dist.get_backend() == "gloo":
+                try:
+                    dist.monitored_barrier(
+                        timeout=datetime.timedelta(seconds=min(self.timeout_s, 60.0)))
+                except RuntimeError:
+                    pass  # the others are gone or failed: leave alone
             dist.destroy_process_group()
             self._owns_group = False
 

@@ -59,13 +59,13 @@ from torch import Tensor
 
 from grulm.backends import build
 from grulm.backends.decode import DecodeParams
+from grulm.backends.precision import PRECISIONS
 from grulm.errors import ConfigError
 
 unavailable = build.unavailable
 
 ISA_VARIABLE = "GRULM_CPU_ISA"
 ISAS = ("avx512-bf16", "avx512", "avx2", "generic")  # best first
-PRECISIONS = ("float32", "bf16")
 
 
 def choose_isa(requested: str | None, best: str) -> tuple[str, str | None]:
