@@ -132,14 +132,14 @@ def test_bf16_trains_like_float32(input_kind, variant):
 
 
 def test_the_bf16_product_op():
-    """mm_bf16 against a float32 product of rounded operands: odd K, partial tiles and
+    """mm(bf16=True) against a float32 product of rounded operands: odd K, partial tiles and
     panels, and a transposed left-hand side."""
     generator = torch.Generator().manual_seed(2)
     for M, K, N in [(1, 1, 1), (13, 7, 40), (300, 129, 33), (9, 600, 96)]:
         a = torch.randn(K, M, generator=generator).T  # strided
         b = torch.randn(K, N, generator=generator)
         expected = _r(a).double() @ _r(b).double()
-        actual = torch.ops.grulm_cpu.mm_bf16(a, b)
+        actual = torch.ops.grulm_cpu.mm(a, b, bf16=True)
         assert actual.dtype == torch.float32
         torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-5 * K ** 0.5)
 

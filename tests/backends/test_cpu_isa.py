@@ -23,12 +23,14 @@ pytestmark = pytest.mark.skipif(
 
 TESTS = Path(__file__).parent
 # The cpu backend's float32/float64 parity grid, the shapes and thread teams beyond it, the
-# fused head (the same tiles), and the check that the forced path is the one in use.
+# fused head and the large products (the same tiles), and the check that the forced path is
+# the one in use.
 PARITY_RUN = [
     str(TESTS / "test_backends_parity.py"), str(TESTS / "test_backends_cpu.py"),
-    str(TESTS / "test_head_loss.py"), f"{__file__}::test_the_forced_path_is_in_use",
+    str(TESTS / "test_head_loss.py"), str(TESTS / "test_cpu_gemm.py"),
+    f"{__file__}::test_the_forced_path_is_in_use",
     "-k", "not cuda and not twenty_epoch and (cpu-gru or test_backends_cpu or test_head_loss "
-    "or forced_path)",
+    "or test_cpu_gemm or forced_path)",
 ]
 
 

@@ -166,18 +166,21 @@ class FusedGRULayer(torch.autograd.Function):
         return None, d_x, d_h0, d_weight_hh, d_bias_ih, d_bias_hh, None, None
 
 
-class Bf16Linear(torch.autograd.Function):
-    """``x W^T`` from bfloat16-rounded operands with float32 accumulation and output, and its
-    gradients the same way (``dx = dy W``, ``dW = dy^T x``).
+class TiledLinear(torch.autograd.Function):
+    """``x W^T`` on grulm's tiles (``csrc/gemm_f32.h``, ``csrc/gemm_bf16.h``), and its
+    gradients the same way (``dx = dy W``, ``dW = dy^T x``): in float32, or with ``bf16`` from
+    bfloat16-rounded operands with float32 accumulation and output.
 
-    Inputs: ``x`` (..., I), ``weight`` (O, I), float32. Output: (..., O).
+    Inputs: ``x`` (..., I), ``weight`` (O, I), float32 (or float64: ATen's products);
+    ``bf16`` (bool). Output: (..., O).
     """
 
     @staticmethod
-    def forward(ctx, x, weight):
+    def forward(ctx, x, weight, bf16):
         ctx.save_for_backward(x, weight)
+        ctx.bf16 = bf16
         flat = x.reshape(-1, x.shape[-1])
-        return torch.ops.grulm_cpu.mm_bf16(flat, weight.t()).view(*x.shape[:-1], -1)
+        return torch.ops.grulm_cpu.mm(flat, weight.t(), bf16=bf16).view(*x.shape[:-1], -1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -186,12 +189,12 @@ class Bf16Linear(torch.autograd.Function):
         grad = grad.reshape(-1, grad.shape[-1])
         d_x = d_weight = None
         if ctx.needs_input_grad[0]:
-            d_x = torch.ops.grulm_cpu.mm_bf16(grad, weight).view(x.shape)
+            d_x = torch.ops.grulm_cpu.mm(grad, weight, bf16=ctx.bf16).view(x.shape)
         if ctx.needs_input_grad[1]:
             # dW^T = x^T dy: the wide gradient is the operand packed by rows.
             flat = x.reshape(-1, x.shape[-1])
-            d_weight = torch.ops.grulm_cpu.mm_bf16(flat.t(), grad).t().contiguous()
-        return d_x, d_weight
+            d_weight = torch.ops.grulm_cpu.mm(flat.t(), grad, bf16=ctx.bf16).t().contiguous()
+        return d_x, d_weight, None
 
 
 def gru_layer(
@@ -238,10 +241,8 @@ def gru_layer(
         # One-hot input: the kernel gathers rows of W_ih^T by token id, step by step (exact,
         # in either precision: a gather is not a product).
         x, table = x.T, weight_ih.T.contiguous()  # (T, B), (V, 3H)
-    elif bf16:
-        x, table = Bf16Linear.apply(x.transpose(0, 1), weight_ih), None  # (T, B, 3H)
     else:
-        x, table = torch.nn.functional.linear(x.transpose(0, 1), weight_ih), None  # (T, B, 3H)
+        x, table = TiledLinear.apply(x.transpose(0, 1), weight_ih, bf16), None  # (T, B, 3H)
     inputs = (x, table, h0, weight_hh, bias_ih, bias_hh)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         out, h_T = FusedGRULayer.apply(*inputs, reset_after, bf16)

@@ -17,6 +17,7 @@
 
 #include "activations.h"
 #include "gemm_bf16.h"
+#include "gemm_f32.h"
 #include "packed_matmul.h"
 #include "gru_layer.h"
 #include "team.h"
@@ -259,23 +260,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   grulm::dispatch_floating(dtype, run);
   errors.rethrow();
 
-  // Weight gradients: GEMMs (BLAS, all threads) over all T·B rows.
+  // Weight gradients: products over all T·B rows, on grulm's tiles (gemm_f32.h), all threads.
   // The state before step 0 is h0 and before step t > 0 is out[t-1], so the first step's rows
-  // go separately. (The packed kernel is no faster than BLAS on these tall products.)
+  // go separately.
   const Tensor dG = d_xp.view({T * B, 3 * H});
   const Tensor dGh = d_gh.view({T * B, 3 * H});
   if (T > 0 && bf16) {
     bf16_weight_gradient(dG, dGh, h0, out, extra, reset_after, d_weight_hh);
   } else if (T > 0) {
     Tensor d_w_h = d_weight_hh.narrow(0, 0, K);
-    at::mm_out(d_w_h, dGh.narrow(0, 0, B).narrow(1, 0, K).t(), h0);
+    grulm::gemm_f32(dGh.narrow(0, 0, B).narrow(1, 0, K).t(), h0, d_w_h, false);
     if (T > 1) {
-      at::addmm_out(d_w_h, d_w_h, dGh.narrow(0, B, (T - 1) * B).narrow(1, 0, K).t(),
-                    out.narrow(0, 0, T - 1).view({(T - 1) * B, H}));
+      grulm::gemm_f32(dGh.narrow(0, B, (T - 1) * B).narrow(1, 0, K).t(),
+                      out.narrow(0, 0, T - 1).view({(T - 1) * B, H}), d_w_h, true);
     }
     if (!reset_after) {
       Tensor d_w_n = d_weight_hh.narrow(0, 2 * H, H);
-      at::mm_out(d_w_n, dG.narrow(1, 2 * H, H).t(), extra.view({T * B, H}));
+      grulm::gemm_f32(dG.narrow(1, 2 * H, H).t(), extra.view({T * B, H}), d_w_n, false);
     }
   }
   if (!reset_after) d_bias_hh = d_bias_ih.clone();  // the two biases add up: same gradient
