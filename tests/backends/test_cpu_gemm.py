@@ -1,9 +1,11 @@
 """The cpu backend's float32 matrix product (``csrc/gemm_f32.h``, the op ``grulm_cpu::mm``):
 the input projection of features, its gradients and the layers' weight gradients run on it.
 
-Checked against a float64 product on shapes that exercise every edge of its blocking: partial
-register tiles and panels, more than one slice of K, row blocks split over a thread team, and
-operands read transposed (as the weight gradients read the states).
+Products of 2^28 multiply-adds or more run on grulm's tiles; smaller ones, which fit in cache,
+are ATen's. The tiled ones are checked against a float64 product on a shape that exercises
+every edge of the blocking: three slices of K (the last short), row blocks of 64 split over a
+thread team with a remainder, a partial register tile and a narrow last panel; with operands
+read transposed, as the weight gradients read the states.
 """
 
 import pytest
@@ -15,14 +17,9 @@ pytestmark = pytest.mark.skipif(
     cpu.unavailable() is not None, reason=f"cpu backend unavailable: {cpu.unavailable()}"
 )
 
-SHAPES = [  # M, K, N
-    (1, 1, 1),
-    (7, 3, 5),  # less than one tile and one panel
-    (13, 40, 33),  # a partial tile after a whole one, a narrow last panel
-    (130, 1100, 70),  # three slices of K, row blocks of 64 and a remainder
-    (300, 64, 1536),  # the step's shapes: many panels
-    (1536, 700, 96),  # tall: row blocks on both threads
-]
+TILED_MIN = 1 << 28  # multiply-adds
+TILED = (1003, 1100, 263)  # M, K, N: 290 million multiply-adds
+SHAPES = [(1, 1, 1), (13, 40, 33), (300, 64, 1536), TILED]
 
 
 def _operands(M, K, N, *, a_transposed, b_transposed, seed=0):
@@ -53,10 +50,20 @@ def test_the_product_matches_float64(M, K, N, a_transposed, b_transposed, thread
     assert ((actual.double() - expected).abs() / scale).max() <= 4e-7 * K ** 0.5
 
 
+def test_large_products_run_on_the_tiles_and_small_ones_are_aten_s():
+    """ATen's product gives other bits than the tiles' (another order of additions), so bit
+    equality with torch.mm tells which one ran."""
+    if cpu.isa() == "generic":
+        pytest.skip("the generic path has no tiles: every product is ATen's")
+    for M, K, N in SHAPES:
+        a, b = _operands(M, K, N, a_transposed=True, b_transposed=False, seed=2)
+        assert torch.equal(torch.ops.grulm_cpu.mm(a, b), torch.mm(a, b)) == (M * K * N < TILED_MIN)
+
+
 def test_the_result_does_not_depend_on_the_threads():
     """Each thread owns whole rows of the output and adds every element's products in order of
     k, so one thread and two give the same bits."""
-    a, b = _operands(1536, 700, 96, a_transposed=True, b_transposed=False, seed=3)
+    a, b = _operands(*TILED, a_transposed=True, b_transposed=False, seed=3)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -69,7 +76,7 @@ def test_the_result_does_not_depend_on_the_threads():
 
 
 def test_float64_is_aten_s_product():
-    a, b = _operands(130, 1100, 70, a_transposed=True, b_transposed=False)
+    a, b = _operands(*TILED, a_transposed=True, b_transposed=False)
     a, b = a.double(), b.double()
     assert torch.equal(torch.ops.grulm_cpu.mm(a, b), torch.mm(a, b))
 
@@ -96,7 +103,7 @@ def test_avx2_and_avx512_give_the_same_bits():
     """Both tiles add each element's products in order of k, one FMA each."""
     if cpu.ISAS.index(torch.ops.grulm_cpu.isa_best()) > cpu.ISAS.index("avx512"):
         pytest.skip("this CPU has no AVX-512")
-    a, b = _operands(130, 1100, 70, a_transposed=True, b_transposed=False, seed=4)
+    a, b = _operands(*TILED, a_transposed=True, b_transposed=False, seed=4)
     before = cpu.isa()
     results = {}
     try:
@@ -106,3 +113,32 @@ def test_avx2_and_avx512_give_the_same_bits():
     finally:
         torch.ops.grulm_cpu.set_isa(before)
     assert torch.equal(results["avx2"], results["avx512"])
+
+
+@pytest.mark.parametrize("reset_after", [False, True], ids=["reset_before", "reset_after"])
+def test_a_layer_large_enough_for_the_tiles_matches_the_reference(reset_after):
+    """A layer over features whose input projection, its gradients and weight gradients are
+    large enough to run on the tiles (T·B = 2048 rows, H = I = 256): outputs, final state and
+    every gradient against the reference in float64."""
+    from grulm.backends import reference
+
+    T, B, H = 32, 64, 256
+    assert 2 * H * T * B * H >= TILED_MIN  # dW_hh, the smallest of the tiled products
+    generator = torch.Generator().manual_seed(5)
+    inputs = [torch.randn(B, T, H, generator=generator),
+              0.5 * torch.randn(B, H, generator=generator)]
+    inputs += [0.1 * torch.randn(shape, generator=generator)
+               for shape in [(3 * H, H), (3 * H, H), (3 * H,), (3 * H,)]]
+    g_out, g_h = torch.randn(B, T, H, generator=generator), torch.randn(B, H, generator=generator)
+
+    def run(layer, dtype):
+        leaves = [t.to(dtype, copy=True).requires_grad_(True) for t in inputs]
+        out, h_T = layer(*leaves, reset_after=reset_after)
+        ((out * g_out.to(dtype)).sum() + (h_T * g_h.to(dtype)).sum()).backward()
+        return [out.detach(), h_T.detach(), *(t.grad for t in leaves)]
+
+    names = ["outputs", "h_T", "d_x", "d_h0", "d_w_ih", "d_w_hh", "d_b_ih", "d_b_hh"]
+    for name, actual, expected in zip(names, run(cpu.gru_layer, torch.float32),
+                                      run(reference.gru_layer, torch.float64), strict=True):
+        torch.testing.assert_close(actual.double(), expected, rtol=1e-4,
+                                   atol=1e-4 * expected.abs().max().item(), msg=name)

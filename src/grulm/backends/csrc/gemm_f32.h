@@ -8,7 +8,8 @@
 // rows of A a block at a time into micro-panels (the rows a tile reads at one k side by side)
 // and walks them against the panels. Every output element adds its K products in order of k,
 // one FMA each, like every float32 path of the kernels, so the AVX2 and AVX-512 tiles give the
-// same bits. On the generic path and for float64 the product is ATen's.
+// same bits. On the generic path, for float64 and for products small enough to stay in cache
+// the product is ATen's.
 
 #pragma once
 
@@ -85,13 +86,18 @@ inline bool gemm_f32_native() {
   return false;
 }
 
+// Products of fewer multiply-adds than this fit in cache, where BLAS does well: they stay
+// ATen's. Those of the large model (billions) stream, and run on the tiles.
+constexpr int64_t kTiledMin = int64_t{1} << 28;
+
 // c (M×N, unit column stride) = a (M×K) · b (K×N), or += if `accumulate`; a and b of any
-// strides. Float32 on grulm's tiles where gemm_f32_native(), else (and for float64) ATen's.
+// strides. Float32 from kTiledMin multiply-adds up on grulm's tiles where gemm_f32_native();
+// else, and for float64, ATen's.
 inline void gemm_f32(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bool accumulate) {
   TORCH_CHECK(c.stride(1) == 1, "grulm cpu backend: the product's output needs unit column stride");
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (M == 0 || N == 0) return;
-  if (a.scalar_type() != at::kFloat || !gemm_f32_native() || K == 0) {
+  if (a.scalar_type() != at::kFloat || !gemm_f32_native() || M * K * N < kTiledMin) {
     if (accumulate) {
       at::addmm_out(c, c, a, b);
     } else {
