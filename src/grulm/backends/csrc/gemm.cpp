@@ -5,6 +5,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "block_pool.h"
 #include "gemm_bf16.h"
 #include "gemm_f32.h"
 
@@ -21,7 +22,7 @@ at::Tensor mm(const at::Tensor& a, const at::Tensor& b, bool bf16) {
                   (a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble),
               "grulm cpu backend: mm takes two float32 or two float64 matrices");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  at::Tensor c = at::empty({a.size(0), b.size(1)}, a.options());
+  at::Tensor c = grulm::pooled_empty({a.size(0), b.size(1)}, a.options());
   if (bf16) {
     grulm::gemm_bf16(a, b, c, false);
   } else {

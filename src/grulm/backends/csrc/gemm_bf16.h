@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "block_pool.h"
 #include "packed_matmul.h"
 #include "team.h"
 
@@ -79,7 +80,7 @@ inline void gemm_bf16(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, b
     return;
   }
   const int64_t width = 2 * ((K + 1) / 2);  // an odd K padded with a zero column
-  at::Tensor a16 = at::empty({M, width}, a.options().dtype(at::kBFloat16));
+  at::Tensor a16 = pooled_empty({M, width}, a.options().dtype(at::kBFloat16));
   uint16_t* a_ptr = reinterpret_cast<uint16_t*>(a16.data_ptr());
   const float* a_src = a.data_ptr<float>();
   float* c_ptr = c.data_ptr<float>();

@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "block_pool.h"
 #include "isa.h"
 #include "packed_matmul.h"
 #include "team.h"
@@ -120,8 +121,8 @@ inline void gemm_f32(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bo
   // A team only where each thread's share dwarfs starting it (2^22 multiply-adds).
   const int n = static_cast<int>(std::max<int64_t>(
       1, std::min<int64_t>({at::get_num_threads(), tiles, M * K * N >> 22})));
-  at::Tensor packed = at::empty({panels * slice * P}, a.options());
-  at::Tensor a_blocks = at::empty({n * kRowBlock * slice}, a.options());
+  at::Tensor packed = pooled_empty({panels * slice * P}, a.options());
+  at::Tensor a_blocks = pooled_empty({n * kRowBlock * slice}, a.options());
   const float* a_ptr = a.data_ptr<float>();
   const float* b_ptr = b.data_ptr<float>();
   float* p_ptr = packed.data_ptr<float>();

@@ -34,6 +34,7 @@
 #include <torch/library.h>
 
 #include "activations.h"
+#include "block_pool.h"
 #include "gemm_bf16.h"
 #include "packed_matmul.h"
 #include "gru_layer.h"
@@ -162,13 +163,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
   const Tensor bias_hh = bias_hh_in.contiguous();
   const auto opts = h0.options();
 
-  auto out = at::empty({T, B, H}, opts);
+  auto out = grulm::pooled_empty({T, B, H}, opts);
   // Forward only: one slab per thread, each a whole number of alignments long (pad elements
   // are one alignment or more for any dtype) with room to shift a step by less than one.
   const int64_t pad = c10::gAlignment, threads = team_size(T, B, H);
   const auto slab = [&](int64_t width) { return (B * width + pad - 1) / pad * pad + pad; };
-  auto gates = at::empty({save ? T * B * 3 * H : threads * slab(3 * H)}, opts);
-  auto extra = at::empty({save ? T * B * H : threads * slab(H)}, opts);
+  auto gates = grulm::pooled_empty({save ? T * B * 3 * H : threads * slab(3 * H)}, opts);
+  auto extra = grulm::pooled_empty({save ? T * B * H : threads * slab(H)}, opts);
   // The step products' right-hand sides: W_hh^T whole (reset-after) or split at the n gate.
   const int64_t K = reset_after ? 3 * H : 2 * H;  // columns of the first product
   const Tensor w_first = weight_hh.narrow(0, 0, K).t();  // (H, K)

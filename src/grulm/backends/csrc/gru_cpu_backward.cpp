@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include "activations.h"
+#include "block_pool.h"
 #include "gemm_bf16.h"
 #include "gemm_f32.h"
 #include "packed_matmul.h"
@@ -188,9 +189,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const auto opts = h0.options();
   const bool token_ids = x.scalar_type() == at::kLong;
 
-  auto d_xp = at::empty({T, B, 3 * H}, opts);
+  auto d_xp = grulm::pooled_empty({T, B, 3 * H}, opts);
   // Reset-after: what the hidden products receive differs from d_xp in the n gate.
-  auto d_gh = reset_after ? at::empty({T, B, 3 * H}, opts) : d_xp;
+  auto d_gh = reset_after ? grulm::pooled_empty({T, B, 3 * H}, opts) : d_xp;
   auto d_table = token_ids ? at::zeros_like(table) : Tensor();
   auto d_bias_ih = at::empty({3 * H}, opts);
   auto d_bias_hh = reset_after ? at::empty({3 * H}, opts) : Tensor();

@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include "activations.h"
+#include "block_pool.h"
 #include "packed_matmul.h"
 #include "team.h"
 
@@ -149,7 +150,7 @@ std::tuple<Tensor, Tensor, Tensor> head_loss_backward(const Tensor& grad_loss,
   const auto targets = targets_in.contiguous();
   const int64_t M = x.size(0), H = x.size(1), V = weight.size(0);
   const double scale = grad_loss.item<double>() / M;
-  auto d_x = at::empty({M, H}, x.options());
+  auto d_x = grulm::pooled_empty({M, H}, x.options());
   const int n = team_size(M, V, H);
   // Every thread's share of dW^T (H, V) and db (V,), summed after the team.
   auto d_weight_t = at::empty({n, H, V}, x.options());

@@ -24,7 +24,7 @@ namespace grulm::avx512 {
 
 constexpr int64_t kPanel = 32;  // columns per panel: two 16-float registers
 constexpr int64_t kRows = 8;  // rows per register tile
-constexpr int64_t kDepth = 128;  // K (float32) or K pairs (bf16) per pass: a 16 KiB panel
+constexpr int64_t kDepth = 512;  // K (float32) or K pairs (bf16) per pass: the step products' whole depth
 
 // C[r, 0:32] (+)= sum_k A[r·lda + k·step] · panel[k, 0:32] for r < kTileRows: one FMA per k
 // in order of k, as the AVX2 tile, so that both give the same bits.

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "bf16.h"
+#include "block_pool.h"
 #include "isa.h"
 #include "packed_avx2.h"
 #include "packed_avx512.h"
@@ -110,13 +111,13 @@ class PackedMatrix {
         if (bf16_) rhs_ = rhs.to(at::kBFloat16).to(at::kFloat);
         break;
       case Kernel::kAvx2:
-        panels_ = at::empty({panels(), K_, panel_width()}, options);  // 64-byte aligned
+        panels_ = pooled_empty({panels(), K_, panel_width()}, options);  // 64-byte aligned
         break;
       case Kernel::kAvx512:
-        panels_ = at::empty({panels(), K_, panel_width()}, options);
+        panels_ = pooled_empty({panels(), K_, panel_width()}, options);
         break;
       case Kernel::kAvx512Bf16:
-        panels_ = at::empty({panels(), pairs(), panel_width() * 2}, options.dtype(at::kBFloat16));
+        panels_ = pooled_empty({panels(), pairs(), panel_width() * 2}, options.dtype(at::kBFloat16));
         break;
     }
   }
