@@ -7,8 +7,9 @@
 // freed, so each step the OS faults every page in again and zeroes it: on the large models
 // that is a sizeable part of the step. Here a freed block of at least kMinPooled bytes goes to
 // a free list instead, and the next request of the same size (the next step's) takes it back
-// with its pages already in place. At most kMaxCached bytes wait on the list; beyond that a
-// freed block goes back to the system.
+// with its pages already in place. At most kMaxCached bytes wait on the list: beyond that the
+// blocks that have waited longest go back to the system (after a change of sizes, as from
+// training to evaluation, the old sizes leave first).
 
 #pragma once
 
@@ -17,11 +18,13 @@
 #include <ATen/ops/from_blob.h>
 #include <c10/core/alignment.h>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <mutex>
-#include <new>
+#include <vector>
 
 namespace grulm {
 
@@ -43,33 +46,52 @@ class BlockPool {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_.find(bytes);
       if (it != free_.end()) {
-        void* block = it->second;
+        void* block = it->second.block;
         free_.erase(it);
         cached_ -= bytes;
         return block;
       }
     }
     void* block = std::aligned_alloc(c10::gAlignment, bytes);
-    if (block == nullptr) throw std::bad_alloc();
+    TORCH_CHECK(block != nullptr, "grulm cpu backend: out of memory: could not allocate ",
+                bytes, " bytes");
     return block;
   }
 
+  // Keeps the block for the next request of its size, dropping the blocks that have waited
+  // longest if the list would grow past kMaxCached (a block larger than that is dropped).
   void give(void* block, size_t bytes) {
+    std::vector<void*> dropped;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (cached_ + bytes <= kMaxCached) {
-        free_.emplace(bytes, block);
+      if (bytes > kMaxCached) {
+        dropped.push_back(block);
+      } else {
+        while (cached_ + bytes > kMaxCached) {
+          const auto oldest = std::min_element(
+              free_.begin(), free_.end(),
+              [](const auto& a, const auto& b) { return a.second.age < b.second.age; });
+          dropped.push_back(oldest->second.block);
+          cached_ -= oldest->first;
+          free_.erase(oldest);
+        }
+        free_.emplace(bytes, Cached{block, ++age_});
         cached_ += bytes;
-        return;
       }
     }
-    std::free(block);
+    for (void* old : dropped) std::free(old);
   }
 
  private:
+  struct Cached {
+    void* block;
+    uint64_t age;  // when it was given back: larger is more recent
+  };
+
   std::mutex mutex_;
-  std::multimap<size_t, void*> free_;
+  std::multimap<size_t, Cached> free_;
   size_t cached_ = 0;
+  uint64_t age_ = 0;
 };
 
 // at::empty, from the pool for buffers of BlockPool::kMinPooled bytes or more.
