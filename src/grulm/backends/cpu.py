@@ -191,9 +191,13 @@ class TiledLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             d_x = torch.ops.grulm_cpu.mm(grad, weight, bf16=ctx.bf16).view(x.shape)
         if ctx.needs_input_grad[1]:
-            # dW^T = x^T dy: the wide gradient is the operand packed by rows.
             flat = x.reshape(-1, x.shape[-1])
-            d_weight = torch.ops.grulm_cpu.mm(flat.t(), grad, bf16=ctx.bf16).t().contiguous()
+            if ctx.bf16:
+                # dW^T = x^T dy: the bf16 product does better with the wide gradient packed.
+                d_weight = torch.ops.grulm_cpu.mm(flat.t(), grad, bf16=True).t().contiguous()
+            else:
+                # dW = dy^T x, written in place: the float32 product's faster orientation.
+                d_weight = torch.ops.grulm_cpu.mm(grad.t(), flat)
         return d_x, d_weight, None
 
 
