@@ -11,7 +11,11 @@ backends where they differ, and add :data:`MARGIN` for what they do not model (a
 slack, small temporaries). They err high by a modest margin: ``tests/test_memory.py`` checks
 them against the tensors a real step keeps. What they cannot bound is the allocator's share
 of a process's resident size, which varies from run to run: glibc's heap can hold up to about
-twice the live bytes when a backend makes many small tensors per time step.
+twice the live bytes when a backend makes many small tensors per time step. The ``cpu``
+backend's kernels keep their freed large buffers (1 MiB and up) for the next call of the same
+size, at most 1 GiB of them (``csrc/block_pool.h``): in a training loop those are the next
+step's own buffers, but after a change of shapes (from training to evaluation) up to that much
+can sit unused until the old sizes give way.
 """
 
 from __future__ import annotations
