@@ -15,7 +15,7 @@ twice the live bytes when a backend makes many small tensors per time step. The 
 backend's kernels keep their freed large buffers (1 MiB and up) for the next call of the same
 size, at most 1 GiB of them (``csrc/block_pool.h``): in a training loop those are the next
 step's own buffers, but after a change of shapes (from training to evaluation) up to that much
-can sit unused until the old sizes give way.
+can stay cached, unused, until newer freed blocks push them out.
 """
 
 from __future__ import annotations
