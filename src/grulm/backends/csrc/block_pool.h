@@ -17,6 +17,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <c10/core/alignment.h>
+#include <c10/util/accumulate.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -24,6 +25,7 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 namespace grulm {
@@ -40,14 +42,16 @@ class BlockPool {
     return *pool;
   }
 
-  // A block of `bytes` (a multiple of the alignment), aligned as ATen aligns its own.
+  // A block of `bytes` (a multiple of the alignment), aligned as ATen aligns its own: of the
+  // kept ones of that size, the one given back last (the likeliest still in cache).
   void* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto it = free_.find(bytes);
-      if (it != free_.end()) {
-        void* block = it->second.block;
-        free_.erase(it);
+      const auto [first, last] = free_.equal_range(bytes);
+      if (first != last) {
+        const auto newest = std::max_element(first, last, by_age);
+        void* block = newest->second.block;
+        free_.erase(newest);
         cached_ -= bytes;
         return block;
       }
@@ -68,9 +72,7 @@ class BlockPool {
         dropped.push_back(block);
       } else {
         while (cached_ + bytes > kMaxCached) {
-          const auto oldest = std::min_element(
-              free_.begin(), free_.end(),
-              [](const auto& a, const auto& b) { return a.second.age < b.second.age; });
+          const auto oldest = std::min_element(free_.begin(), free_.end(), by_age);
           dropped.push_back(oldest->second.block);
           cached_ -= oldest->first;
           free_.erase(oldest);
@@ -88,6 +90,11 @@ class BlockPool {
     uint64_t age;  // when it was given back: larger is more recent
   };
 
+  static bool by_age(const std::pair<const size_t, Cached>& a,
+                     const std::pair<const size_t, Cached>& b) {
+    return a.second.age < b.second.age;
+  }
+
   std::mutex mutex_;
   std::multimap<size_t, Cached> free_;
   size_t cached_ = 0;
@@ -96,9 +103,7 @@ class BlockPool {
 
 // at::empty, from the pool for buffers of BlockPool::kMinPooled bytes or more.
 inline at::Tensor pooled_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  int64_t numel = 1;
-  for (const int64_t size : sizes) numel *= size;
-  const size_t used = static_cast<size_t>(numel) * options.dtype().itemsize();
+  const size_t used = c10::multiply_integers(sizes) * options.dtype().itemsize();
   if (used < BlockPool::kMinPooled) return at::empty(sizes, options);
   const size_t bytes = (used + c10::gAlignment - 1) / c10::gAlignment * c10::gAlignment;
   void* block = BlockPool::instance().take(bytes);

@@ -107,7 +107,7 @@ inline void gemm_f32(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bo
     return;
   }
   // A slice of B (512 × N) is packed while the rows of A go past it 64 at a time, so that a
-  // block of packed A rows (128 KiB) stays in L2 while the panels stream through L1.
+  // block of packed A rows (128 KiB) and the panel it meets stay in L2.
   constexpr int64_t kSlice = 512, kRowBlock = 64;
   const bool wide = active_isa() != Isa::kAvx2;
 #ifdef GRULM_PACKED_AVX512
@@ -118,9 +118,8 @@ inline void gemm_f32(const at::Tensor& a, const at::Tensor& b, at::Tensor& c, bo
 #endif
   const int64_t panels = (N + P - 1) / P, slice = std::min(kSlice, K);
   const int64_t tiles = (M + tile_rows - 1) / tile_rows;
-  // A team only where each thread's share dwarfs starting it (2^22 multiply-adds).
-  const int n = static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>({at::get_num_threads(), tiles, M * K * N >> 22})));
+  // At kTiledMin multiply-adds every thread's share dwarfs starting the team.
+  const int n = static_cast<int>(std::min<int64_t>(at::get_num_threads(), tiles));
   at::Tensor packed = pooled_empty({panels * slice * P}, a.options());
   at::Tensor a_blocks = pooled_empty({n * kRowBlock * slice}, a.options());
   const float* a_ptr = a.data_ptr<float>();

@@ -19,51 +19,29 @@
 //
 // Precision. With `bf16`, every product (the step products, and the backward's dh products and
 // weight gradient) takes bfloat16-rounded operands and accumulates in float32
-// (packed_matmul.h, gemm_bf16.h); the gates' elementwise math and everything saved stay float32.
+// (packed_matmul.h; the weight gradient in gemm_bf16.h); the gates' elementwise math and
+// everything saved stay float32.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/add.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/aminmax.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
-#include <ATen/Parallel.h>
 #include <c10/core/alignment.h>
 #include <torch/library.h>
 
 #include "activations.h"
 #include "block_pool.h"
-#include "gemm_bf16.h"
-#include "packed_matmul.h"
 #include "gru_layer.h"
+#include "packed_matmul.h"
 #include "team.h"
 
 #include <omp.h>
 
-#include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <tuple>
 #include <vector>
 
+namespace grulm::gru {
 namespace {
-
-using at::Tensor;
-using grulm::in_team;
-using grulm::sigmoid;
-using grulm::tanh_;
-using grulm::Rows;
-using grulm::rows_of;
-using grulm::TeamErrors;
-using grulm::gru::check_inputs;
-using grulm::gru::check_step_input;
-using grulm::gru::pack_together;
-using grulm::gru::step_input;
-using grulm::gru::StepInput;
-using grulm::gru::team_size;
 
 // ---- Forward ---------------------------------------------------------------------------------
 
@@ -231,11 +209,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(
 }
 
 }  // namespace
+}  // namespace grulm::gru
 
 TORCH_LIBRARY(grulm_cpu, m) {
   m.def(
       "forward(Tensor x, Tensor? table, Tensor h0, Tensor weight_hh, Tensor bias_ih, "
       "Tensor bias_hh, bool reset_after, bool save=True, *, bool bf16=False) -> "
       "(Tensor, Tensor, Tensor, Tensor)");
-  m.impl("forward", c10::DispatchKey::CPU, &gru_forward);
+  m.impl("forward", c10::DispatchKey::CPU, &grulm::gru::gru_forward);
 }

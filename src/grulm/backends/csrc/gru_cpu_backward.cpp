@@ -4,49 +4,27 @@
 // gradients are formed once, over all T·B rows, after the loop.
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/add.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
-#include <ATen/Parallel.h>
-#include <c10/core/alignment.h>
 #include <torch/library.h>
 
-#include "activations.h"
 #include "block_pool.h"
 #include "gemm_bf16.h"
 #include "gemm_f32.h"
-#include "packed_matmul.h"
 #include "gru_layer.h"
+#include "packed_matmul.h"
 #include "team.h"
 
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <tuple>
-#include <vector>
 
+namespace grulm::gru {
 namespace {
-
-using at::Tensor;
-using grulm::in_team;
-using grulm::sigmoid;
-using grulm::tanh_;
-using grulm::Rows;
-using grulm::rows_of;
-using grulm::TeamErrors;
-using grulm::gru::check_inputs;
-using grulm::gru::check_step_input;
-using grulm::gru::pack_together;
-using grulm::gru::step_input;
-using grulm::gru::StepInput;
-using grulm::gru::team_size;
 
 // ---- Backward --------------------------------------------------------------------------------
 
@@ -285,11 +263,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 }
 
 }  // namespace
+}  // namespace grulm::gru
 
 TORCH_LIBRARY_FRAGMENT(grulm_cpu, m) {
   m.def(
       "backward(Tensor grad_out, Tensor grad_h_T, Tensor x, Tensor? table, Tensor h0, "
       "Tensor out, Tensor gates, Tensor extra, Tensor weight_hh, bool reset_after, *, "
       "bool bf16=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  m.impl("backward", c10::DispatchKey::CPU, &gru_backward);
+  m.impl("backward", c10::DispatchKey::CPU, &grulm::gru::gru_backward);
 }

@@ -4,17 +4,9 @@
 
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/add.h>
-#include <ATen/ops/addmm.h>
-#include <ATen/ops/aminmax.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <ATen/Parallel.h>
-#include <c10/core/alignment.h>
-#include <torch/library.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
 
 #include "packed_matmul.h"
 #include "team.h"
@@ -22,12 +14,10 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
-#include <tuple>
-#include <vector>
-
+#include <utility>
 
 namespace grulm::gru {
 

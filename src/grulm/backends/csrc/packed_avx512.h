@@ -24,7 +24,9 @@ namespace grulm::avx512 {
 
 constexpr int64_t kPanel = 32;  // columns per panel: two 16-float registers
 constexpr int64_t kRows = 8;  // rows per register tile
-constexpr int64_t kDepth = 512;  // K (float32) or K pairs (bf16) per pass: the step products' whole depth
+// K (float32) or K pairs (bf16) per pass: a forward step product's whole depth for H ≤ 512, so
+// that the accumulators are not stored and reloaded between passes.
+constexpr int64_t kDepth = 512;
 
 // C[r, 0:32] (+)= sum_k A[r·lda + k·step] · panel[k, 0:32] for r < kTileRows: one FMA per k
 // in order of k, as the AVX2 tile, so that both give the same bits.
